@@ -62,11 +62,13 @@ def conv_overlap_factor(kernel_size, stride=1, dilation=1) -> float:
     return math.sqrt(math.prod(-(-ki * math.gcd(di, si) // si) for ki, si, di in zip(k, s, d)))
 
 # %% ../nbs/02_frobenius.ipynb #af1cefe8
-def _as_tuple(v, n, fname, argname):
-    "`v` as a tuple of positive ints (an int is repeated `n` times)."
-    t = tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
-    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in t):
-        raise ValueError(f"{fname}: {argname} must be positive integers, got {v!r}")
+def _as_tuple(v, n, fname, argname, minimum=1):
+    "`v` as a tuple of `n` ints >= `minimum` (an int is repeated `n` times)."
+    t = tuple(v) if isinstance(v, (tuple, list, torch.Size)) else (v,) * n
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in t):
+        raise TypeError(f"{fname}: {argname} must be an int or a tuple of ints, got {v!r}")
+    if len(t) != n or any(i < minimum for i in t):
+        raise ValueError(f"{fname}: {argname} must be {n} integer(s) >= {minimum}, got {v!r}")
     return t
 
 # %% ../nbs/02_frobenius.ipynb #90a7c8f2
