@@ -31,25 +31,24 @@ def _check_positive_float(x, fname, argname):
         raise TypeError(f"{fname}: {argname} must be a float, got {type(x).__name__}")
     if not (x > 0 and math.isfinite(x)): raise ValueError(f"{fname}: {argname} must be positive and finite, got {x}")
 
-def _normalized(x, eps, fallback):
-    "x / ||x|| along the last dim; where ||x|| <= eps, `fallback` instead (no division by a tiny norm, no NaN)."
-    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return torch.where(n > eps, x / n.clamp_min(eps), fallback)
-
 def _matvec(W, x):
     "W @ x for a matrix or a batch of matrices."
     return W @ x if W.dim() == 2 else (W @ x.unsqueeze(-1)).squeeze(-1)
 
 @torch.no_grad()
-def _power_steps(W, n_iter, u, eps):
-    "The iteration itself, without checks: returns (sigma, u, v)."
-    v = torch.full(W.shape[:-2] + W.shape[-1:], W.shape[-1] ** -0.5, dtype=W.dtype, device=W.device)
+def _power_steps(W, n_iter, u, eps, keep_on_zero=False):
+    """The iteration itself, without checks: returns (sigma, u, v). With `keep_on_zero`, a vector whose norm is <= eps
+    is replaced by the previous one (the uniform unit vector for the first v) instead of by zero."""
+    v = torch.full(W.shape[:-2] + W.shape[-1:], W.shape[-1] ** -0.5, dtype=W.dtype, device=W.device) if keep_on_zero else None
     Wt = W.mT
     for _ in range(n_iter):
-        v = _normalized(_matvec(Wt, u), eps, v)
+        x = _matvec(Wt, u)
+        nx = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        v = torch.where(nx > eps, x / nx.clamp_min(eps), v) if keep_on_zero else x / nx.clamp_min(eps)
         t = _matvec(W, v)
-        sigma = torch.linalg.vector_norm(t, dim=-1)
-        u = _normalized(t, eps, u)
+        sigma = torch.linalg.vector_norm(t, dim=-1)          # = u_k^T W v_k for u_k = W v_k / ||W v_k||
+        s = sigma.unsqueeze(-1)
+        u = torch.where(s > eps, t / s.clamp_min(eps), u) if keep_on_zero else t / s.clamp_min(eps)
     return sigma, u, v
 
 # %% ../nbs/03_power_iteration.ipynb #1a81a5ed
@@ -67,10 +66,13 @@ def power_iteration(W: torch.Tensor, n_iter: int = 100, u: torch.Tensor | None =
         if u.shape != W.shape[:-1] or u.dtype != W.dtype or u.device != W.device:
             raise ValueError(f"power_iteration: u must have shape {tuple(W.shape[:-1])}, dtype {W.dtype} and device {W.device} "
                              f"like W, got {tuple(u.shape)}, {u.dtype}, {u.device}")
-    sigma, u, v = _power_steps(W, n_iter, u, eps)
-    if not torch.isfinite(sigma).all():
+    sigma, u1, v1 = _power_steps(W, n_iter, u, eps)
+    lo, hi = (sigma.item(),) * 2 if sigma.dim() == 0 else torch.stack(torch.aminmax(sigma)).tolist()   # one sync
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError("power_iteration: the estimate is not finite: W or u contains NaN or Inf (or W @ v overflows its dtype)")
-    return sigma, u, v
+    if lo == 0:   # a zero matrix, or a start with no component in W's row space: rerun, keeping finite unit vectors
+        sigma, u1, v1 = _power_steps(W, n_iter, u, eps, keep_on_zero=True)
+    return sigma, u1, v1
 
 # %% ../nbs/03_power_iteration.ipynb #eb0bc90b
 def _conv_maps(weight, input_shape, stride, padding, dilation, groups, padding_mode):
@@ -172,9 +174,10 @@ def spectral_penalty(model: nn.Module) -> torch.Tensor:
         uv = _PENALTY_VECTORS.get(m)
         if uv is not None and uv[0].shape == W.shape[:-1] and uv[1].shape == W.shape[-1:]:
             u, v = (t.to(W.detach()) for t in uv)
-            if m.training: _, u, v = _power_steps(W.detach(), 1, u, 1e-12)
+            if m.training: _, u, v = _power_steps(W.detach(), 1, u, 1e-12, keep_on_zero=True)
         else:
-            _, u, v = _power_steps(W.detach(), _WARMUP_STEPS, torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device), 1e-12)
+            _, u, v = _power_steps(W.detach(), _WARMUP_STEPS, torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device), 1e-12,
+                                   keep_on_zero=True)
         _PENALTY_VECTORS[m] = (u, v)
         total = total + (u @ W @ v) ** 2
     if not torch.isfinite(total):

@@ -1,0 +1,63 @@
+# lipnotes: `make docs` (set up, export, render) and `make test` (everything CI checks). See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+# A CPU build of torch for machines that have none: a local wheel if pip's find-links has one (this project's machines
+# do), else PyTorch's CPU index. A bare `pip install torch` on Linux resolves to a multi-GB CUDA build.
+TORCH_LOCAL ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
+
+.PHONY: install export docs readme test check-sync bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "torch already installed: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	else \
+	  tmp=$$(mktemp -d); \
+	  if $(PY) -m pip download -q --no-index --no-deps -d $$tmp "$(TORCH_LOCAL)" 2>/dev/null; then \
+	    echo "installing torch from the local wheel $$(ls $$tmp)"; $(PY) -m pip install -q $$tmp/torch-*.whl; \
+	  else \
+	    echo "installing a CPU build of torch from $(TORCH_CPU_INDEX)"; \
+	    $(PY) -m pip install -q "torch>=2.4" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
+	  fi; rm -rf $$tmp; \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+export: install
+	$(BIN)/nbdev-export
+
+docs: export
+	@if command -v quarto >/dev/null 2>&1; then \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-docs; \
+	else \
+	  echo "Quarto is not on PATH: rendering with tools/render_docs.py"; $(PY) tools/render_docs.py; \
+	fi
+	$(PY) tools/render_docs.py --readme --no-proc
+
+readme: export
+	$(PY) tools/render_docs.py --readme
+
+# The notebooks are the source: fail if cleaning them or exporting the library would change any file.
+check-sync: install
+	@before=$$(git status --porcelain; git diff | sha1sum); \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-clean && PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-export; \
+	after=$$(git status --porcelain; git diff | sha1sum); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "nbdev-clean/nbdev-export changed files: notebooks unclean or library out of sync:"; git status --porcelain; exit 1; \
+	fi; echo "notebooks clean, library in sync"
+
+test: check-sync
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m pytest tests nbs $(NBVAL) -p no:cacheprovider
+
+bench: install
+	$(PY) benchmarks/bench_spectral.py
+
+clean:
+	rm -rf _proc docs .pytest_cache
