@@ -104,7 +104,7 @@ def _network_bound(model, fname, weight_bound):
     W = _weight_layers(model, fname)[0][1].weight  # type and emptiness checks; the result's device and dtype
     bound = torch.as_tensor(_module_lipschitz(model, '', fname, weight_bound), dtype=W.dtype, device=W.device)
     if not torch.isfinite(bound):
-        raise ValueError(f"{fname}: the bound is {float(bound)}; the model's weights contain NaN or Inf")
+        raise ValueError(f"{fname}: the bound is {bound.detach().item()}; the model's weights contain NaN or Inf")
     return bound
 
 # %% ../nbs/02_frobenius.ipynb #3fdc679f

@@ -39,7 +39,11 @@ def _matvec(W, x):
 def _power_steps(W, n_iter, u, eps, keep_on_zero=False):
     """The iteration itself, without checks: returns (sigma, u, v). With `keep_on_zero`, a vector whose norm is <= eps
     is replaced by the previous one (the uniform unit vector for the first v) instead of by zero."""
-    v = torch.full(W.shape[:-2] + W.shape[-1:], W.shape[-1] ** -0.5, dtype=W.dtype, device=W.device) if keep_on_zero else None
+    v = None
+    if keep_on_zero:                                         # unit fallbacks: the uniform vectors, and the start normalised
+        v = torch.full(W.shape[:-2] + W.shape[-1:], W.shape[-1] ** -0.5, dtype=W.dtype, device=W.device)
+        nu = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+        u = torch.where(nu > eps, u / nu.clamp_min(eps), torch.full_like(u, W.shape[-2] ** -0.5))
     Wt = W.mT
     for _ in range(n_iter):
         x = _matvec(Wt, u)

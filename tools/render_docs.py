@@ -101,7 +101,10 @@ def to_html(markdown):
     if proc.returncode or MATH_FAILURE.search(proc.stderr):
         raise SystemExit(f'render_docs: pandoc failed:\n{proc.stderr}')
     # nbdev writes site-absolute links (/power_iteration.html#...); make them relative so the site works from any folder
-    return re.sub(r'href="/([\w.-]+\.html)', r'href="\1', proc.stdout)
+    out = re.sub(r'href="/([\w.-]+\.html)', r'href="\1', proc.stdout)
+    # show_doc's [source] links: without a repository URL nbdev writes /blob/<branch>/<path>#L<n>; point them at the file
+    # in the checkout, next to the site folder
+    return re.sub(r'href="/blob/[\w.-]+/([\w./-]+\.py)(#L\d+)?"', r'href="../\1"', out)
 
 
 STYLE = """
@@ -111,14 +114,14 @@ nav.sidebar{flex:0 0 15rem;background:#f5f6f8;border-right:1px solid #ddd;paddin
 nav.sidebar .site{font-weight:700;font-size:1.2rem;display:block;margin-bottom:1rem;color:#222;text-decoration:none}
 nav.sidebar ul{list-style:none;padding:0;margin:0} nav.sidebar li{margin:.35rem 0}
 nav.sidebar a{color:#1a5fb4;text-decoration:none} nav.sidebar a.current{font-weight:700;color:#222}
-main{flex:1;max-width:54rem;padding:1.5rem 2.5rem 4rem}
+main{flex:1;max-width:64rem;padding:1.5rem 2.5rem 4rem}
 h1.title{margin-bottom:.2rem} p.description{font-size:1.1rem;color:#555;margin-top:0}
 pre{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:4px;padding:.6rem .8rem;overflow-x:auto;font-size:.85rem}
 code{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,monospace}
 figure.cell-figure{margin:1rem 0} figure.cell-figure img{max-width:100%}
 table{border-collapse:collapse} th,td{border:1px solid #ccc;padding:.25rem .6rem}
 details.code-fold summary{cursor:pointer;color:#555}
-math[display="block"]{margin:.8rem 0;overflow-x:auto}
+math[display="block"]{margin:.8rem 0;overflow-x:auto;overflow-y:hidden;padding:.2rem 0}
 """
 
 PAGE = """<!DOCTYPE html>
@@ -172,7 +175,8 @@ def render_site(out_dir, proc_dir):
             for n, m, _ in pages)
         desc = meta.get('description')
         page = PAGE.format(title=html.escape(meta.get('title', name)), site=html.escape(site), style=STYLE, links=links,
-                           description=f'<p class="description">{html.escape(desc)}</p>' if desc else '', body=to_html(md))
+                           description=to_html(desc).replace('<p>', '<p class="description">', 1) if desc else '',
+                           body=to_html(md))
         (out_dir / html_name(name)).write_text(page)
     return [out_dir / html_name(n) for n in names]
 

@@ -1,0 +1,68 @@
+"""Library code runs on the device and dtype of its inputs and returns results there. CUDA cases skip without a GPU."""
+import pytest
+import torch
+from torch import nn
+
+from lipnotes.norms import frobenius_lipschitz_bound, l2_penalty, weight_matrices
+from lipnotes.spectral import conv_operator_norm, power_iteration, spectral_penalty
+
+devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+if not torch.cuda.is_available():
+    devices.append(pytest.param('cuda', marks=pytest.mark.skip(reason='no CUDA device on this machine')))
+
+
+@pytest.mark.parametrize('device', devices)
+@pytest.mark.parametrize('dtype, rtol', [(torch.float64, 1e-10), (torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_power_iteration_device_dtype(device, dtype, rtol):
+    g = torch.Generator().manual_seed(0)
+    W64 = torch.randn(3, 40, 30, generator=g, dtype=torch.float64)
+    W = W64.to(device=device, dtype=dtype)
+    sigma, u, v = power_iteration(W, n_iter=400)
+    for t, shape in [(sigma, (3,)), (u, (3, 40)), (v, (3, 30))]:
+        assert t.device.type == device and t.dtype == dtype and t.shape == shape
+    assert torch.allclose(sigma.double().cpu(), torch.linalg.matrix_norm(W.double().cpu(), 2), rtol=rtol)
+
+
+@pytest.mark.parametrize('device', devices)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_conv_operator_norm_device_dtype(device, dtype):
+    w = torch.full((1, 1, 3, 3), 1 / 3, dtype=dtype, device=device)
+    res = conv_operator_norm(w, (1, 8, 8), padding=1, tol=1e-10, n_iter=5000)
+    assert res.sigma.device.type == device and res.sigma.dtype == dtype and res.v.shape == (1, 8, 8)
+    closed = (1 + 2 * torch.cos(torch.tensor(torch.pi / 9, dtype=torch.float64))) ** 2 / 3
+    assert abs(res.sigma.item() - closed.item()) <= (1e-8 if dtype == torch.float64 else 1e-5) * closed.item()
+
+
+@pytest.mark.parametrize('device', devices)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_model_functions_device_dtype(device, dtype):
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).to(device=device, dtype=dtype)
+    for value in (l2_penalty(net), frobenius_lipschitz_bound(net), spectral_penalty(net)):
+        assert value.device.type == device and value.dtype == dtype and value.requires_grad
+    assert all(W.device.type == device for _, W in weight_matrices(net))
+
+
+def test_spectral_penalty_state_follows_the_model():
+    "The stored vectors move with the model (.double()), the model's state_dict is untouched, eval mode does not iterate."
+    from lipnotes import spectral
+    net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2))
+    keys = set(net.state_dict())
+    spectral_penalty(net)
+    net.double()
+    p = spectral_penalty(net)
+    assert p.dtype == torch.float64 and set(net.state_dict()) == keys
+    net.eval()
+    before = [t.clone() for t in spectral._PENALTY_VECTORS[net[0]]]
+    spectral_penalty(net)
+    assert all(torch.equal(a, b) for a, b in zip(before, spectral._PENALTY_VECTORS[net[0]]))
+    net.train(); spectral_penalty(net)
+    assert not torch.equal(before[0], spectral._PENALTY_VECTORS[net[0]][0])
+
+
+def test_spectral_penalty_tracks_a_changing_weight():
+    "Each call is one warm step; after a weight change the penalty re-converges to the new sigma_1^2 (torch.linalg)."
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 10)).double()
+    with torch.no_grad(): net[0].weight.mul_(3.0)
+    for _ in range(200): p = spectral_penalty(net)
+    assert torch.isclose(p, torch.linalg.matrix_norm(net[0].weight, 2) ** 2, rtol=1e-8)
