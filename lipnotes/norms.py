@@ -5,12 +5,12 @@ r"""$\|W\|_2 \le \|W\|_F$: the crude Lipschitz bound of a layer, and why the L2 
 # %% auto #0
 __all__ = ['weight_matrices', 'l2_penalty', 'conv_overlap_factor', 'frobenius_lipschitz_bound']
 
-# %% ../nbs/02_frobenius.ipynb #5126f389
+# %% ../nbs/02_frobenius.ipynb #81e57019
 import math
 import torch
 from torch import nn
 
-# %% ../nbs/02_frobenius.ipynb #81e57019
+# %% ../nbs/02_frobenius.ipynb #c51c345c
 _CONV_TRANSPOSE = nn.modules.conv._ConvTransposeNd
 _WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
@@ -36,12 +36,12 @@ def _weight_layers(model, fname):
     if not layers: raise ValueError(f"{fname}: model has no Linear or Conv weight matrices")
     return layers
 
-# %% ../nbs/02_frobenius.ipynb #c51c345c
+# %% ../nbs/02_frobenius.ipynb #3808e353
 def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     "Each Linear/Conv weight of `model` as the matrix (out channels, fan-in) the chapters reason about, with its module name."
     return [(name, _layer_matrix(m)) for name, m in _weight_layers(model, 'weight_matrices')]
 
-# %% ../nbs/02_frobenius.ipynb #33e4f3af
+# %% ../nbs/02_frobenius.ipynb #764f0cac
 def l2_penalty(model: nn.Module) -> torch.Tensor:
     "Sum of the squared Frobenius norms of the weight matrices of `model` (biases excluded); differentiable."
     layers = _weight_layers(model, 'l2_penalty')
@@ -51,7 +51,7 @@ def l2_penalty(model: nn.Module) -> torch.Tensor:
         raise ValueError(f"l2_penalty: the weights of module(s) {bad} contain NaN or Inf")
     return total
 
-# %% ../nbs/02_frobenius.ipynb #5fc5ecd6
+# %% ../nbs/02_frobenius.ipynb #af1cefe8
 def conv_overlap_factor(kernel_size, stride=1, dilation=1) -> float:
     "sqrt of the most patches one input pixel can lie in: ||conv||_2 <= factor * ||reshaped kernel||_2 (zero padding)."
     args = {'kernel_size': kernel_size, 'stride': stride, 'dilation': dilation}
@@ -61,7 +61,7 @@ def conv_overlap_factor(kernel_size, stride=1, dilation=1) -> float:
         raise ValueError(f"conv_overlap_factor: kernel_size, stride and dilation have different lengths {k}, {s}, {d}")
     return math.sqrt(math.prod(-(-ki * math.gcd(di, si) // si) for ki, si, di in zip(k, s, d)))
 
-# %% ../nbs/02_frobenius.ipynb #af1cefe8
+# %% ../nbs/02_frobenius.ipynb #70dc7fb2
 def _as_tuple(v, n, fname, argname, minimum=1):
     "`v` as a tuple of `n` ints >= `minimum` (an int is repeated `n` times)."
     t = tuple(v) if isinstance(v, (tuple, list, torch.Size)) else (v,) * n
@@ -71,7 +71,7 @@ def _as_tuple(v, n, fname, argname, minimum=1):
         raise ValueError(f"{fname}: {argname} must be {n} integer(s) >= {minimum}, got {v!r}")
     return t
 
-# %% ../nbs/02_frobenius.ipynb #90a7c8f2
+# %% ../nbs/02_frobenius.ipynb #3fdc679f
 _ONE_LIPSCHITZ = (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Flatten, nn.Unflatten)
 
 def _module_lipschitz(module, name, fname, weight_bound):
@@ -107,7 +107,7 @@ def _network_bound(model, fname, weight_bound):
         raise ValueError(f"{fname}: the bound is {bound.detach().item()}; the model's weights contain NaN or Inf")
     return bound
 
-# %% ../nbs/02_frobenius.ipynb #3fdc679f
+# %% ../nbs/02_frobenius.ipynb #159438ce
 def frobenius_lipschitz_bound(model: nn.Module) -> torch.Tensor:
     "Upper bound on the L2 Lipschitz constant of a feed-forward `model`: the product of its layers' Frobenius bounds."
     return _network_bound(model, 'frobenius_lipschitz_bound', lambda m: torch.linalg.vector_norm(m.weight))

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['power_iteration', 'OperatorNorm', 'conv_operator_norm', 'spectral_penalty']
 
-# %% ../nbs/03_power_iteration.ipynb #5756b739
+# %% ../nbs/03_power_iteration.ipynb #fad37e58
 import math
 from typing import NamedTuple
 import weakref
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from .norms import _weight_layers, _layer_matrix, _as_tuple
 
-# %% ../nbs/03_power_iteration.ipynb #fad37e58
+# %% ../nbs/03_power_iteration.ipynb #1a81a5ed
 def _check_float_tensor(x, fname, argname):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{fname}: {argname} must be a torch.Tensor, got {type(x).__name__}")
@@ -55,7 +55,7 @@ def _power_steps(W, n_iter, u, eps, keep_on_zero=False):
         u = torch.where(s > eps, t / s.clamp_min(eps), u) if keep_on_zero else t / s.clamp_min(eps)
     return sigma, u, v
 
-# %% ../nbs/03_power_iteration.ipynb #1a81a5ed
+# %% ../nbs/03_power_iteration.ipynb #702131c6
 def power_iteration(W: torch.Tensor, n_iter: int = 100, u: torch.Tensor | None = None, eps: float = 1e-12):
     "Spectral norm of `W` (m, n) or of each matrix in a batch (..., m, n) by `n_iter` power-iteration steps from `u`."
     _check_float_tensor(W, 'power_iteration', 'W')
@@ -78,7 +78,7 @@ def power_iteration(W: torch.Tensor, n_iter: int = 100, u: torch.Tensor | None =
         sigma, u1, v1 = _power_steps(W, n_iter, u, eps, keep_on_zero=True)
     return sigma, u1, v1
 
-# %% ../nbs/03_power_iteration.ipynb #eb0bc90b
+# %% ../nbs/03_power_iteration.ipynb #a68e97e1
 def _conv_maps(weight, input_shape, stride, padding, dilation, groups, padding_mode):
     "The map x -> conv2d(x, weight) on (C, H, W) inputs and its adjoint."
     C, H, W_ = input_shape
@@ -108,7 +108,7 @@ def _circular_pad_adjoint(y, ph, pw):
         y = y.clone(); y[..., pw:2 * pw] += y[..., -pw:]; y[..., -2 * pw:-pw] += y[..., :pw]; y = y[..., pw:-pw]
     return y
 
-# %% ../nbs/03_power_iteration.ipynb #a68e97e1
+# %% ../nbs/03_power_iteration.ipynb #570f4c92
 class OperatorNorm(NamedTuple):
     "Result of `conv_operator_norm`: the norm, the top singular images u (output) and v (input), and the steps taken."
     sigma: torch.Tensor
@@ -116,7 +116,7 @@ class OperatorNorm(NamedTuple):
     v: torch.Tensor
     n_iter: int
 
-# %% ../nbs/03_power_iteration.ipynb #570f4c92
+# %% ../nbs/03_power_iteration.ipynb #1a0b375c
 def conv_operator_norm(weight: torch.Tensor, input_shape, stride=1, padding=0, dilation=1, groups: int = 1,
                        padding_mode: str = 'zeros', n_iter: int = 1000, tol: float = 1e-6, v: torch.Tensor | None = None):
     "Operator norm of x -> conv2d(x, weight, ...) on inputs of shape `input_shape` (C, H, W), by power iteration."
@@ -165,11 +165,11 @@ def conv_operator_norm(weight: torch.Tensor, input_shape, stride=1, padding=0, d
         u = y / sigma.clamp_min(torch.finfo(w.dtype).tiny)
     return OperatorNorm(sigma, u[0], x[0], k)
 
-# %% ../nbs/03_power_iteration.ipynb #2c09d564
+# %% ../nbs/03_power_iteration.ipynb #e9e71c39
 _PENALTY_VECTORS = weakref.WeakKeyDictionary()   # layer module -> (u, v)
 _WARMUP_STEPS = 15
 
-# %% ../nbs/03_power_iteration.ipynb #e9e71c39
+# %% ../nbs/03_power_iteration.ipynb #2287f3ad
 def spectral_penalty(model: nn.Module) -> torch.Tensor:
     "Sum over the weight matrices of `model` of sigma_1(W)^2 (Yoshida & Miyato), one power-iteration step per layer per call."
     total = 0

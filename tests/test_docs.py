@@ -90,9 +90,11 @@ def test_page_in_chromium(site, page):
 
 
 @needs_chromium
-def test_power_iteration_screenshot(site, tmp_path):
+def test_power_iteration_screenshot(site):
+    "A screenshot of the chapter as Chromium draws it; kept in tests/artifacts/ (git-ignored) for a person to look at."
     import matplotlib.image as mpimg
-    shot = tmp_path / 'power_iteration.png'
+    shot = ROOT / 'tests' / 'artifacts' / 'power_iteration.png'
+    shot.parent.mkdir(exist_ok=True); shot.unlink(missing_ok=True)
     chromium(f'--screenshot={shot}', '--window-size=1280,2400', (site / 'power_iteration.html').as_uri())
     assert shot.exists() and shot.stat().st_size > 20_000
     img = mpimg.imread(shot)
