@@ -57,7 +57,7 @@ def _power_steps(W, n_iter, u, eps, keep_on_zero=False):
 
 # %% ../nbs/03_power_iteration.ipynb #702131c6
 def power_iteration(W: torch.Tensor, n_iter: int = 100, u: torch.Tensor | None = None, eps: float = 1e-12):
-    "Spectral norm of `W` (m, n) or of each matrix in a batch (..., m, n) by `n_iter` power-iteration steps from `u`."
+    "Spectral norm of `W` (m, n) or of each matrix in a batch (..., m, n) by `n_iter` steps from `u` (default: random); returns (sigma, u, v)."
     _check_float_tensor(W, 'power_iteration', 'W')
     if W.dim() < 2 or W.shape[-1] == 0 or W.shape[-2] == 0:
         raise ValueError(f"power_iteration: W must be a non-empty matrix or batch of matrices (..., m, n), got shape {tuple(W.shape)}")
@@ -134,7 +134,9 @@ def conv_operator_norm(weight: torch.Tensor, input_shape, stride=1, padding=0, d
     if padding_mode not in ('zeros', 'circular'):
         raise ValueError(f"{fn}: padding_mode must be 'zeros' or 'circular', got {padding_mode!r}")
     _check_positive_int(n_iter, fn, 'n_iter'); _check_positive_float(tol, fn, 'tol')
-    if C != weight.shape[1] * groups or weight.shape[0] % groups:
+    if weight.shape[0] % groups:
+        raise ValueError(f"{fn}: weight has {weight.shape[0]} output channels, not divisible by groups={groups}")
+    if C != weight.shape[1] * groups:
         raise ValueError(f"{fn}: input_shape has {C} channels but weight {tuple(weight.shape)} with groups={groups} expects {weight.shape[1] * groups}")
     kh, kw = weight.shape[-2:]
     if H + 2 * padding[0] < dilation[0] * (kh - 1) + 1 or W_ + 2 * padding[1] < dilation[1] * (kw - 1) + 1:

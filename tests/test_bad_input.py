@@ -84,6 +84,7 @@ def test_zero_member_of_a_batch():
     ((torch.randn(2, 3, 3, 3), (3, 8, 8)), dict(n_iter=0), ValueError, "n_iter must be >= 1"),
     ((torch.randn(2, 3, 3, 3), (3, 8, 8)), dict(tol=0.0), ValueError, "tol must be positive"),
     ((torch.randn(2, 3, 3, 3), (3, 8, 8)), dict(groups=0), ValueError, "groups must be >= 1"),
+    ((torch.randn(3, 1, 3, 3), (2, 8, 8)), dict(groups=2), ValueError, "not divisible by groups=2"),
     ((torch.randn(2, 3, 3, 3), (3, 8, 8)), dict(v=torch.randn(3, 7, 7)), ValueError, "v must have shape (3, 8, 8)"),
     ((torch.randn(2, 3, 3, 3), (3, 2, 2)), dict(padding=3, padding_mode='circular'), ValueError, "circular padding"),
 ])
