@@ -175,7 +175,7 @@ _WARMUP_STEPS = 15
 def spectral_penalty(model: nn.Module) -> torch.Tensor:
     "Sum over the weight matrices of `model` of sigma_1(W)^2 (Yoshida & Miyato), one power-iteration step per layer per call."
     total = 0
-    for name, m in _weight_layers(model, 'spectral_penalty'):
+    for _, m in _weight_layers(model, 'spectral_penalty'):
         W = _layer_matrix(m)
         uv = _PENALTY_VECTORS.get(m)
         if uv is not None and uv[0].shape == W.shape[:-1] and uv[1].shape == W.shape[-1:]:

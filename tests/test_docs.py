@@ -81,8 +81,8 @@ def test_page_in_chromium(site, page):
     sidebar_links = re.findall(r'href="([^"]+)"', sidebar)
     assert len(sidebar_links) == len(render_docs.sidebar_notebooks()) + 1
     for target, anchor in set(re.findall(r'href="([^"#:]*)(?:#([^"]*))?"', dom)):   # every local link
-        path = (site / target) if target.endswith('.html') or not target else (ROOT / 'docs' / target)
-        if target.startswith('../'): path = (ROOT / 'docs' / target).resolve()   # source links: files of the checkout
+        # source links (../lipnotes/*.py) point into the checkout beside the site; everything else into the site
+        path = (ROOT / 'docs' / target).resolve() if target.startswith('../') else site / target
         assert path.exists(), f'{page}: link to {target!r} does not resolve'
         if anchor and target.endswith('.html'):
             assert f'id="{anchor}"' in path.read_text(), f'{page}: no #{anchor} in {target}'
