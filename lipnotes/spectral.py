@@ -35,10 +35,15 @@ def _matvec(W, x):
     "W @ x for a matrix or a batch of matrices."
     return W @ x if W.dim() == 2 else (W @ x.unsqueeze(-1)).squeeze(-1)
 
+_HALF = (torch.float16, torch.bfloat16)
+
 @torch.no_grad()
 def _power_steps(W, n_iter, u, eps, keep_on_zero=False):
     """The iteration itself, without checks: returns (sigma, u, v). With `keep_on_zero`, a vector whose norm is <= eps
-    is replaced by the previous one (the uniform unit vector for the first v) instead of by zero."""
+    is replaced by the previous one (the uniform unit vector for the first v) instead of by zero. Half-precision
+    inputs are iterated in float32 (rounding every step to bfloat16's 8 significant bits can stall it on a wrong vector) and cast back."""
+    if W.dtype in _HALF:
+        return tuple(t.to(W.dtype) for t in _power_steps(W.float(), n_iter, u.float(), eps, keep_on_zero))
     v = None
     if keep_on_zero:                                         # unit fallbacks: the uniform vectors, and the start normalised
         v = torch.full(W.shape[:-2] + W.shape[-1:], W.shape[-1] ** -0.5, dtype=W.dtype, device=W.device)
@@ -57,7 +62,8 @@ def _power_steps(W, n_iter, u, eps, keep_on_zero=False):
 
 # %% ../nbs/03_power_iteration.ipynb #702131c6
 def power_iteration(W: torch.Tensor, n_iter: int = 100, u: torch.Tensor | None = None, eps: float = 1e-12):
-    "Spectral norm of `W` (m, n) or of each matrix in a batch (..., m, n) by `n_iter` steps from `u` (default: random); returns (sigma, u, v)."
+    """Spectral norm of `W` (m, n) or of each matrix in a batch (..., m, n) by `n_iter` steps from `u` (default: random);
+    returns (sigma, u, v). float16/bfloat16 inputs are iterated in float32 and the results cast back."""
     _check_float_tensor(W, 'power_iteration', 'W')
     if W.dim() < 2 or W.shape[-1] == 0 or W.shape[-2] == 0:
         raise ValueError(f"power_iteration: W must be a non-empty matrix or batch of matrices (..., m, n), got shape {tuple(W.shape)}")
@@ -149,6 +155,7 @@ def conv_operator_norm(weight: torch.Tensor, input_shape, stride=1, padding=0, d
         if v.shape != (C, H, W_): raise ValueError(f"{fn}: v must have shape {(C, H, W_)}, got {tuple(v.shape)}")
     with torch.no_grad():
         w = weight.detach()
+        if w.dtype in _HALF: w = w.float()                          # iterate half precision in float32, cast back at the end
         forward, adjoint, _ = _conv_maps(w, (C, H, W_), stride, padding, dilation, groups, padding_mode)
         x = (torch.randn(C, H, W_, dtype=w.dtype, device=w.device) if v is None else v.to(w)).unsqueeze(0)
         x = x / torch.linalg.vector_norm(x).clamp_min(torch.finfo(w.dtype).tiny)
@@ -165,7 +172,7 @@ def conv_operator_norm(weight: torch.Tensor, input_shape, stride=1, padding=0, d
         y = forward(x)
         sigma = torch.linalg.vector_norm(y)
         u = y / sigma.clamp_min(torch.finfo(w.dtype).tiny)
-    return OperatorNorm(sigma, u[0], x[0], k)
+    return OperatorNorm(sigma.to(weight.dtype), u[0].to(weight.dtype), x[0].to(weight.dtype), k)
 
 # %% ../nbs/03_power_iteration.ipynb #e9e71c39
 _PENALTY_VECTORS = weakref.WeakKeyDictionary()   # layer module -> (u, v)
