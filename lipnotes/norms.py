@@ -9,6 +9,7 @@ __all__ = ['weight_matrices', 'l2_penalty', 'conv_overlap_factor', 'frobenius_li
 import math
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 # %% ../nbs/02_frobenius.ipynb #c51c345c
 _CONV_TRANSPOSE = nn.modules.conv._ConvTransposeNd
@@ -72,7 +73,44 @@ def _as_tuple(v, n, fname, argname, minimum=1):
     return t
 
 # %% ../nbs/02_frobenius.ipynb #3fdc679f
-_ONE_LIPSCHITZ = (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Flatten, nn.Unflatten)
+_ONE_LIPSCHITZ = (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Flatten, nn.Unflatten, nn.CELU,
+                  nn.Softsign, nn.Tanhshrink, nn.Softshrink, nn.LogSigmoid)
+_NOT_LIPSCHITZ = (nn.Hardshrink, nn.Threshold)                 # jumps: no constant at all
+
+def _max_abs_slope(fn, lo=-12.0, hi=12.0):
+    "sup |fn'| of a smooth scalar activation, by a dense float64 grid refined around its best point (used for smooth bumps)."
+    for _ in range(3):
+        x = torch.linspace(lo, hi, 200_001, dtype=torch.float64, requires_grad=True)
+        (d,) = torch.autograd.grad(fn(x).sum(), x)
+        i = int(d.abs().argmax()); step = (hi - lo) / 200_000
+        lo, hi = x[i].item() - 2 * step, x[i].item() + 2 * step
+    return d.abs().max().item() * (1 + 1e-9)                   # the grid's maximum, nudged up by the refinement's error
+
+_SLOPES = {}                                                     # computed once per (activation, settings)
+
+def _activation_constant(module):
+    "The Lipschitz constant of a known activation module (an upper bound, and tight), or None for a module we do not know."
+    if isinstance(module, _ONE_LIPSCHITZ): return 1.0
+    if isinstance(module, nn.Sigmoid): return 0.25
+    if isinstance(module, nn.Hardsigmoid): return 0.16666667163372040     # torch's kernel slope: 1/6 rounded to float32, > 1/6
+    if isinstance(module, nn.Hardswish): return 1.5
+    if isinstance(module, nn.LeakyReLU): return max(1.0, abs(module.negative_slope))
+    if isinstance(module, nn.PReLU): return max(1.0, module.weight.detach().abs().max().item())
+    if isinstance(module, nn.RReLU): return max(1.0, abs(module.lower), abs(module.upper))
+    if isinstance(module, nn.ELU): return max(1.0, module.alpha)
+    if isinstance(module, nn.SELU): return 1.0507009873554805 * 1.6732632423543772   # scale * alpha, the slope at 0-
+    if isinstance(module, nn.Softmax): return 0.5
+    if isinstance(module, nn.GELU):
+        if module.approximate == 'none':                       # max of Phi(x) + x phi(x), at x = sqrt(2)
+            return 0.5 * (1 + math.erf(1.0)) + math.sqrt(2) * math.exp(-1.0) / math.sqrt(2 * math.pi)
+        key = ('gelu', module.approximate)
+        if key not in _SLOPES: _SLOPES[key] = _max_abs_slope(lambda x: F.gelu(x, approximate='tanh'))
+        return _SLOPES[key]
+    if isinstance(module, (nn.SiLU, nn.Mish)):
+        key = type(module).__name__
+        if key not in _SLOPES: _SLOPES[key] = _max_abs_slope(F.silu if isinstance(module, nn.SiLU) else F.mish)
+        return _SLOPES[key]
+    return None
 
 def _module_lipschitz(module, name, fname, weight_bound):
     "An upper bound on the Lipschitz constant of `module`, with `weight_bound(layer)` bounding each Linear/Conv layer."
@@ -84,10 +122,10 @@ def _module_lipschitz(module, name, fname, weight_bound):
         if isinstance(module, nn.modules.conv._ConvNd):
             b = b * conv_overlap_factor(tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation))
         return b
-    if isinstance(module, _ONE_LIPSCHITZ): return 1.0
-    if isinstance(module, nn.Sigmoid): return 0.25
-    if isinstance(module, nn.LeakyReLU): return max(1.0, abs(module.negative_slope))
-    if isinstance(module, nn.ELU): return max(1.0, module.alpha)
+    if isinstance(module, _NOT_LIPSCHITZ):
+        raise ValueError(f"{fname}: module '{name}' ({type(module).__name__}) jumps, so it has no Lipschitz constant")
+    constant = _activation_constant(module)
+    if constant is not None: return constant
     if isinstance(module, nn.modules.dropout._DropoutNd):
         return 1.0 / (1.0 - module.p) if module.training and module.p < 1 else 1.0
     children = list(module.named_children())
