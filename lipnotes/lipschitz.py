@@ -124,8 +124,8 @@ def _layer_constant(name, m, shape):
     if isinstance(m, nn.Conv2d):
         geometry = _conv2d_geometry(m, 'lipschitz_upper_bound')
         bound = _conv_torus_bound(m.weight, shape, *geometry)
-        est = conv_operator_norm(m.weight.detach().double(), shape, *geometry[:4], padding_mode=geometry[4], tol=1e-8,
-                                 n_iter=5000).sigma.item()
+        est = conv_operator_norm(m.weight.detach().double(), shape, *geometry[:4], padding_mode=geometry[4], tol=1e-6,
+                                 n_iter=2000).sigma.item()
         return max(bound, est), est
     if isinstance(m, _BATCHNORM):
         scale = (m.running_var.detach().double() + m.eps).rsqrt()
