@@ -58,6 +58,7 @@ test: check-sync
 
 bench: install
 	$(PY) benchmarks/bench_spectral.py
+	$(PY) benchmarks/bench_lipschitz.py
 
 clean:
 	rm -rf _proc docs .pytest_cache

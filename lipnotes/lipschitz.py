@@ -171,17 +171,19 @@ def lipschitz_upper_bound(model: nn.Module, input_shape=None, breakdown: bool = 
         shape = _as_tuple(input_shape, len(input_shape), fn, 'input_shape')
         dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
         x = torch.zeros(1, *shape, dtype=dtype, device=device)
-    rows, total = [], 1.0
+    shapes = []                                             # each layer's input shape, checked before any norm is computed
     for name, m in layers:
-        shape = tuple(x.shape[1:]) if x is not None else None
-        constant, estimate = _layer_constant(name, m, shape)
-        rows.append(LayerBound(name, type(m).__name__, constant, estimate)); total *= constant
+        shapes.append(tuple(x.shape[1:]) if x is not None else None)
         if x is not None:
             with torch.no_grad():
                 try: x = m(x)
                 except RuntimeError as e:
                     raise ValueError(f"{fn}: layer '{name}' does not accept the shape {tuple(x.shape[1:])} that "
                                      f"input_shape={tuple(input_shape)} gives it ({e})") from None
+    rows, total = [], 1.0
+    for (name, m), shape in zip(layers, shapes):
+        constant, estimate = _layer_constant(name, m, shape)
+        rows.append(LayerBound(name, type(m).__name__, constant, estimate)); total *= constant
     bound = torch.tensor(total, dtype=torch.float64, device=device)
     return (bound, rows) if breakdown else bound
 
