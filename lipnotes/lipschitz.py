@@ -276,7 +276,7 @@ def lipschitz_lower_bound(f, x: torch.Tensor, steps: int = 100, lr: float = 0.1,
                                                                         and 0 < b < math.inf for b in beta)):
         raise ValueError(f"{fn}: beta must be a pair (start, end) of positive numbers, got {beta!r}")
     smooth, swapped = _smoothed_copy(f)
-    s1, f1 = _single(smooth), _single(f)
+    s1 = _single(smooth)
     def ascent_direction(xi, vi):                           # d/dx ||J_smooth(x) v|| at fixed v (Danskin: the gradient of sigma_1)
         return grad(lambda z: torch.linalg.vector_norm(jvp(s1, (z,), (vi,))[1]))(xi)
     x = x.detach().clone()
