@@ -85,7 +85,7 @@ _BATCHNORM = nn.modules.batchnorm._BatchNorm
 def _leaves(model, prefix=''):
     "(name, module) of the layers of a (possibly nested) nn.Sequential; other modules are leaves."
     if isinstance(model, nn.Sequential):
-        for cname, child in model.named_children():
+        for cname, child in model._modules.items():     # not named_children(), which skips a module used twice
             yield from _leaves(child, f"{prefix}.{cname}" if prefix else cname)
     else:
         yield prefix or type(model).__name__, model
@@ -188,15 +188,16 @@ def lipschitz_upper_bound(model: nn.Module, input_shape=None, breakdown: bool = 
     return (bound, rows) if breakdown else bound
 
 # %% ../nbs/01_lipschitz.ipynb #ec548944
-def _check_function(f, x, fname):
-    if not callable(f): raise TypeError(f"{fname}: f must be callable (a model or a function), got {type(f).__name__}")
+def _check_function(f, x, fname, argname='f'):
+    if not callable(f): raise TypeError(f"{fname}: {argname} must be callable (a model or a function), got {type(f).__name__}")
     _check_float_tensor(x, fname, 'x')
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"{fname}: x must be a non-empty batch (batch, ...) of examples, got shape {tuple(x.shape)}")
     if not torch.isfinite(x).all(): raise ValueError(f"{fname}: x contains NaN or Inf")
     if isinstance(f, nn.Module):
         bad = [type(m).__name__ for m in f.modules() if m.training and isinstance(m, (_BATCHNORM, nn.modules.dropout._DropoutNd))]
-        if bad: raise ValueError(f"{fname}: f has {bad[0]} in training mode, so it is not one function of x; call f.eval()")
+        if bad: raise ValueError(f"{fname}: {argname} has {bad[0]} in training mode, so it is not one function of x; "
+                                 f"call {argname}.eval()")
 
 def _single(f):
     "f on one example (no batch dimension), for vmap."
@@ -253,7 +254,7 @@ def _smoothed_copy(f):
     g = copy.deepcopy(f)
     swapped = []
     for name, m in list(g.named_modules()):
-        for cname, child in list(m.named_children()):
+        for cname, child in list(m._modules.items()):   # every use of a shared module
             if isinstance(child, _PIECEWISE_LINEAR):
                 s = _SmoothedReLU(child); setattr(m, cname, s); swapped.append(s)
     return g, swapped

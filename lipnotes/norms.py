@@ -128,7 +128,7 @@ def _module_lipschitz(module, name, fname, weight_bound):
     if constant is not None: return constant
     if isinstance(module, nn.modules.dropout._DropoutNd):
         return 1.0 / (1.0 - module.p) if module.training and module.p < 1 else 1.0
-    children = list(module.named_children())
+    children = [(k, c) for k, c in module._modules.items() if c is not None]   # a module used twice counts twice
     if isinstance(module, nn.Sequential) or len(children) == 1:
         out = 1.0
         for cname, child in children:

@@ -182,3 +182,15 @@ def test_jacobian_spectral_norm_keeps_device_and_dtype():
     x = torch.randn(4, 5)
     dense = torch.stack([torch.linalg.matrix_norm(jacrev(net)(xi), 2) for xi in x]).detach()
     assert torch.allclose(jacobian_spectral_norm(net, x, n_iter=200), dense, rtol=1e-4)
+
+
+def test_a_layer_used_twice_counts_twice():
+    "nn.Sequential(A, act, A) applies A twice; named_children() lists it once, and a bound built on it was unsound (2 < 4)."
+    from lipnotes.norms import frobenius_lipschitz_bound
+    shared = nn.Linear(3, 3, bias=False)
+    with torch.no_grad(): shared.weight.copy_(2 * torch.eye(3))
+    net = nn.Sequential(shared, nn.ReLU(), shared)
+    assert lipschitz_upper_bound(net).item() == pytest.approx(4.0)
+    assert frobenius_lipschitz_bound(net).item() == pytest.approx(12.0)        # ||2I||_F^2 = 12 >= 4
+    J = jacrev(lambda z: net(z.unsqueeze(0))[0])(torch.ones(3))
+    assert torch.linalg.matrix_norm(J, 2).item() == pytest.approx(4.0)        # attained where the ReLU is on
