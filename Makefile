@@ -59,6 +59,7 @@ test: check-sync
 bench: install
 	$(PY) benchmarks/bench_spectral.py
 	$(PY) benchmarks/bench_lipschitz.py
+	$(PY) benchmarks/bench_gradients.py
 
 clean:
 	rm -rf _proc docs .pytest_cache

@@ -79,3 +79,19 @@ def test_spectral_penalty_tracks_a_changing_weight():
     with torch.no_grad(): net[0].weight.mul_(3.0)
     for _ in range(200): p = spectral_penalty(net)
     assert torch.isclose(p, torch.linalg.matrix_norm(net[0].weight, 2) ** 2, rtol=1e-8)
+
+
+@pytest.mark.parametrize('device', devices)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_gradient_functions_device_dtype(device, dtype):
+    from lipnotes.gradients import gradient_inequality, input_grad_norm, param_grad_norm
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).to(device=device, dtype=dtype)
+    x = torch.randn(4, 5, device=device, dtype=dtype)
+    y = torch.randint(0, 3, (4,), device=device)
+    ce = lambda o, t: torch.nn.functional.cross_entropy(o, t, reduction='none')
+    r = gradient_inequality(net, x, ce, (y,))
+    for t in (input_grad_norm(lambda z, t: ce(net(z), t), x, (y,)), param_grad_norm(ce, net, x, (y,)), r.lhs, r.rhs,
+              r.lhs_terms, r.weight_norms, r.jacobian_norms):
+        assert t.device.type == device and t.dtype == dtype
+    assert (r.lhs <= r.rhs * (1 + 1e-5)).all()

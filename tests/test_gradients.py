@@ -1,0 +1,199 @@
+"""lipnotes.gradients: the gradient inequality on random MLPs (hypothesis), equality for one-layer scalar nets, the
+per-example norms against plain torch.autograd.grad loops, and bad input refused before any work with the function named."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from lipnotes.gradients import gradient_inequality, input_grad_norm, param_grad_norm
+
+D = torch.float64
+ACTS = {'tanh': nn.Tanh, 'relu': nn.ReLU, 'softplus': nn.Softplus, 'sigmoid': nn.Sigmoid, 'identity': nn.Identity}
+FS = {'sum': lambda o, y: o.sum(1), 'logsumexp': lambda o, y: o.logsumexp(1),
+      'square': lambda o, y: 0.5 * o.pow(2).sum(1), 'sin': lambda o, y: torch.sin(2 * o).sum(1),
+      'cross_entropy': lambda o, y: F.cross_entropy(o, y % o.shape[1], reduction='none')}
+
+
+def mlp(widths, act, seed, bias=True):
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers += [nn.Linear(a, b, bias=bias, dtype=D)] + ([ACTS[act]()] if i < len(widths) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+def loop_norms(f, model, x, args=(), create_graph=False):
+    "Reference: per example, torch.autograd.grad of f(model(x_i)) w.r.t. x_i and the trainable parameters."
+    params = [p for p in model.parameters() if p.requires_grad]
+    gx, gp = [], []
+    for i in range(len(x)):
+        xi = x[i:i + 1].clone().requires_grad_()
+        g = torch.autograd.grad(f(model(xi), *(a[i:i + 1] for a in args)).sum(), [xi, *params], create_graph=create_graph)
+        gx.append(g[0].norm()); gp.append(torch.cat([t.flatten() for t in g[1:]]).norm())
+    return torch.stack(gx), torch.stack(gp)
+
+
+# --- the inequality ---------------------------------------------------------------------------------------------------
+@settings(max_examples=150, deadline=None)
+@given(widths=st.lists(st.integers(1, 32), min_size=2, max_size=6), act=st.sampled_from(sorted(ACTS)),
+       f=st.sampled_from(sorted(FS)), ords=st.sampled_from([(2, 2), (2, 'fro'), ('fro', 2), ('fro', 'fro')]),
+       bias=st.booleans(), scale=st.sampled_from([0.1, 1.0, 5.0]), seed=st.integers(0, 2**31 - 1))
+def test_inequality_on_random_mlps(widths, act, f, ords, bias, scale, seed):
+    "Depth 1-5, widths 1-32: no example's left side exceeds its right side by more than 1e-9 relative, layer by layer."
+    net = mlp(widths, act, seed, bias)
+    x = scale * torch.randn(6, widths[0], dtype=D)
+    y = torch.randint(0, 32, (6,))
+    r = gradient_inequality(net, x, FS[f], (y,), weight_ord=ords[0], jacobian_ord=ords[1])
+    assert r.lhs.shape == r.rhs.shape == (6,) and r.lhs_terms.shape == (6, len(widths) - 1)
+    assert (r.lhs_terms <= r.rhs_terms * (1 + 1e-9)).all()
+    assert (r.lhs <= r.rhs * (1 + 1e-9)).all()
+    assert torch.isfinite(r.lhs).all() and (r.lhs >= 0).all()
+    # the right side is the squared parameter-gradient norm, computed independently
+    _, gp = loop_norms(FS[f], net, x, (y,))
+    assert torch.allclose(r.rhs, gp ** 2, rtol=1e-10, atol=1e-300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(d=st.integers(1, 32), act=st.sampled_from(sorted(ACTS)), f=st.sampled_from(['sum', 'square', 'sin', 'logsumexp']),
+       bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_one_layer_scalar_output_is_an_equality(d, act, f, bias, seed):
+    net = nn.Sequential(nn.Linear(d, 1, bias=bias, dtype=D), ACTS[act]())
+    torch.manual_seed(seed)
+    x = torch.randn(6, d, dtype=D)
+    r = gradient_inequality(net, x, FS[f], (torch.zeros(6),))
+    assert torch.allclose(r.lhs, r.rhs, rtol=1e-9, atol=1e-300)
+
+
+def test_per_layer_quantities_against_dense_references():
+    net = mlp([5, 7, 4, 3], 'tanh', 0)
+    x = torch.randn(4, 5, dtype=D)
+    r = gradient_inequality(net, x, FS['logsumexp'], (torch.zeros(4),))
+    lin = [net[0], net[2], net[4]]
+    hs = [x, net[1](net[0](x)), net[3](net[2](net[1](net[0](x))))]
+    for t, m in enumerate(lin):
+        assert torch.isclose(r.weight_norms[t], torch.linalg.svdvals(m.weight)[0], rtol=1e-12)
+        assert torch.allclose(r.activation_terms[:, t], 1 + hs[t].detach().pow(2).sum(1), rtol=1e-12)
+    for i in range(4):
+        J2 = torch.autograd.functional.jacobian(lambda z: net[1](net[0](z)), x[i])
+        J3 = torch.autograd.functional.jacobian(lambda z: net[3](net[2](net[1](net[0](z)))), x[i])
+        ref = torch.stack([torch.tensor(1.0, dtype=D), torch.linalg.svdvals(J2)[0], torch.linalg.svdvals(J3)[0]])
+        assert torch.allclose(r.jacobian_norms[i], ref, rtol=1e-10)
+    assert r.layers == ['0', '2', '4']
+
+
+def test_bias_free_layers_use_h_squared_alone():
+    net = mlp([3, 4, 2], 'tanh', 1, bias=False)
+    x = torch.randn(3, 3, dtype=D)
+    r = gradient_inequality(net, x, FS['sum'], (torch.zeros(3),))
+    h2 = net[1](net[0](x)).detach()
+    assert torch.allclose(r.activation_terms, torch.stack([x.pow(2).sum(1), h2.pow(2).sum(1)], 1), rtol=1e-12)
+
+
+def test_nested_sequential_and_eval_dropout():
+    net = nn.Sequential(nn.Sequential(nn.Linear(3, 5), nn.ReLU()), nn.Dropout(0.5), nn.Linear(5, 2)).double().eval()
+    r = gradient_inequality(net, torch.randn(4, 3, dtype=D), lambda o: o.sum(1))
+    assert r.layers == ['0.0', '2'] and (r.lhs <= r.rhs * (1 + 1e-12)).all()
+
+
+@pytest.mark.parametrize('kill', ['relu', 'zero_weight'])
+def test_dead_layer_contributes_zero_not_nan(kill):
+    net = mlp([4, 6, 3], 'relu', 2)
+    with torch.no_grad():
+        if kill == 'relu': net[0].bias.fill_(-100.0)
+        else: net[2].weight.zero_()
+    r = gradient_inequality(net, torch.randn(5, 4, dtype=D), FS['cross_entropy'], (torch.arange(5),))
+    assert not r.lhs.isnan().any() and (r.lhs == 0).all() and (r.input_grad_norm == 0).all() and (r.rhs > 0).all()
+
+
+# --- the per-example norms --------------------------------------------------------------------------------------------
+def test_norms_match_autograd_loops_in_float64():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4)).double()
+    net.train(); net(torch.randn(16, 1, 8, 8, dtype=D)); net.eval()         # non-trivial running statistics
+    net[0].bias.requires_grad_(False)                                         # frozen: not part of theta
+    x, y = torch.randn(9, 1, 8, 8, dtype=D), torch.randint(0, 4, (9,))
+    ce = lambda o, t: F.cross_entropy(o, t, reduction='none')
+    ref_x, ref_p = loop_norms(ce, net, x, (y,))
+    assert torch.allclose(param_grad_norm(ce, net, x, (y,)), ref_p, rtol=1e-10, atol=0)
+    assert torch.allclose(input_grad_norm(lambda z, t: ce(net(z), t), x, (y,)), ref_x, rtol=1e-10, atol=0)
+    assert torch.allclose(input_grad_norm(lambda z: net(z)[:, 1], x), loop_norms(lambda o: o[:, 1], net, x)[0], rtol=1e-10)
+
+
+def test_penalties_are_differentiable_like_create_graph():
+    "d/dtheta of mean ||grad||^2 matches the double-backward reference, for both norms."
+    net = mlp([6, 8, 3], 'tanh', 3)
+    x, y = torch.randn(5, 6, dtype=D), torch.randint(0, 3, (5,))
+    ce = lambda o, t: F.cross_entropy(o, t, reduction='none')
+    ref_x, ref_p = loop_norms(ce, net, x, (y,), create_graph=True)
+    ours = [input_grad_norm(lambda z, t: ce(net(z), t), x, (y,)), param_grad_norm(ce, net, x, (y,))]
+    for a, b in zip(ours, [ref_x, ref_p]):
+        ga = torch.autograd.grad(a.pow(2).mean(), list(net.parameters()))
+        gb = torch.autograd.grad(b.pow(2).mean(), list(net.parameters()), retain_graph=True)
+        assert all(torch.allclose(u, v, rtol=1e-9, atol=1e-14) for u, v in zip(ga, gb))
+
+
+def test_zero_gradient_has_zero_norm_and_zero_penalty_gradient():
+    net = mlp([3, 2], 'identity', 0)
+    with torch.no_grad(): net[0].weight.zero_()
+    x = torch.randn(4, 3, dtype=D)
+    n = input_grad_norm(lambda z: net(z).sum(1), x)
+    assert (n == 0).all()
+    g = torch.autograd.grad(n.sum(), net[0].weight)[0]
+    assert torch.isfinite(g).all()
+
+
+# --- bad input --------------------------------------------------------------------------------------------------------
+net0 = mlp([3, 4, 2], 'relu', 0)
+x0 = torch.randn(5, 3, dtype=D)
+s = lambda o: o.sum(1)
+
+
+@pytest.mark.parametrize('call, exc, words', [
+    (lambda: gradient_inequality(nn.Linear(3, 2).double(), x0, s), TypeError, "gradient_inequality: model must be an nn.Sequential"),
+    (lambda: gradient_inequality(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4)).double(), x0, s), ValueError,
+     "layer '1' (LayerNorm) is not a Linear layer or an elementwise activation"),
+    (lambda: gradient_inequality(nn.Sequential(nn.Linear(3, 4), nn.Softmax(1)).double(), x0, s), ValueError, "(Softmax)"),
+    (lambda: gradient_inequality(nn.Sequential(nn.Tanh(), nn.Linear(3, 4)).double(), x0, s), ValueError, "first layer must be Linear"),
+    (lambda: gradient_inequality(nn.Sequential(nn.Linear(3, 4), nn.PReLU()).double(), x0, s), ValueError, "(PReLU) has parameters"),
+    (lambda: gradient_inequality(nn.Sequential(nn.Linear(3, 4), nn.Dropout()).double(), x0, s), ValueError, "call model.eval()"),
+    (lambda: gradient_inequality(nn.Sequential(nn.Linear(3, 4), nn.Linear(5, 2)).double(), x0, s), ValueError,
+     "layer '1' (Linear) takes 5 features but gets 4"),
+    (lambda: gradient_inequality(net0, torch.randn(5, 4, dtype=D), s), ValueError, "layer '0' (Linear) takes 3 features but gets 4"),
+    (lambda: gradient_inequality(net0, torch.randn(5, 1, 3, dtype=D), s), ValueError, "x must be a batch of feature vectors"),
+    (lambda: gradient_inequality(net0, x0, s, weight_ord=1), ValueError, "weight_ord must be 2 (spectral) or 'fro'"),
+    (lambda: gradient_inequality(net0, x0, s, jacobian_ord=-2), ValueError, "jacobian_ord must be 2"),
+    (lambda: gradient_inequality(net0, x0, lambda o: o.sum()), ValueError, "f must map the model's output batch to one float per example"),
+    (lambda: gradient_inequality(net0, x0, lambda o: o), ValueError, "returned shape (1, 2)"),
+    (lambda: gradient_inequality(net0, x0, 'sum'), TypeError, "gradient_inequality: f must be callable"),
+    (lambda: gradient_inequality(net0, x0.float(), s), ValueError, "is torch.float64 on cpu but x is torch.float32"),
+    (lambda: gradient_inequality(net0, torch.ones(5, 3, dtype=torch.int64), s), TypeError, "x must have a floating dtype"),
+    (lambda: gradient_inequality(net0, torch.full((5, 3), float('nan'), dtype=D), s), ValueError, "x contains NaN"),
+    (lambda: gradient_inequality(net0, x0, FS['cross_entropy'], (torch.zeros(4),)), ValueError,
+     "args[0] must be a tensor with one row per example (first dimension 5), got (4,)"),
+    (lambda: gradient_inequality(net0, x0, FS['cross_entropy'], 3), TypeError, "args must be a tuple of tensors"),
+    (lambda: param_grad_norm(s, "net", x0), TypeError, "param_grad_norm: model must be a torch.nn.Module"),
+    (lambda: param_grad_norm(s, net0, x0[0]), ValueError, "param_grad_norm: x must be a non-empty batch"),
+    (lambda: param_grad_norm(lambda o: o.mean(0), net0, x0), ValueError, "param_grad_norm: f must map"),
+    (lambda: param_grad_norm(s, nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)).double(), x0), ValueError, "training mode"),
+    (lambda: param_grad_norm(s, nn.Sequential(nn.Linear(3, 2).requires_grad_(False)).double(), x0), ValueError,
+     "no parameters that require grad"),
+    (lambda: input_grad_norm(lambda z: z.sum(), x0), ValueError, "input_grad_norm: f must map the input batch to one float"),
+    (lambda: input_grad_norm(lambda z: z.sum(1).long(), x0), ValueError, "dtype torch.int64"),
+    (lambda: input_grad_norm(s, [[1.0, 2.0]]), TypeError, "input_grad_norm: x must be a torch.Tensor"),
+    (lambda: input_grad_norm(lambda z: torch.sqrt(z[:, 0]), x0.abs().neg()), ValueError, "the gradient is not finite at examples"),
+])
+def test_bad_input(call, exc, words):
+    with pytest.raises(exc, match=None) as e:
+        call()
+    assert words in str(e.value), str(e.value)
+
+
+def test_nan_parameters_and_shared_layers_are_refused():
+    bad = mlp([3, 4, 2], 'relu', 0)
+    with torch.no_grad(): bad[2].weight[0, 0] = float('nan')
+    for call in (lambda: gradient_inequality(bad, x0, s), lambda: param_grad_norm(s, bad, x0)):
+        with pytest.raises(ValueError, match="parameter '2.weight' contains NaN"): call()
+    shared = nn.Linear(3, 3, dtype=D)
+    with pytest.raises(ValueError, match="is the same module as '0'"):
+        gradient_inequality(nn.Sequential(shared, nn.Tanh(), shared), x0, s)
