@@ -60,6 +60,7 @@ bench: install
 	$(PY) benchmarks/bench_spectral.py
 	$(PY) benchmarks/bench_lipschitz.py
 	$(PY) benchmarks/bench_gradients.py
+	$(PY) benchmarks/bench_adversarial.py
 
 clean:
 	rm -rf _proc docs .pytest_cache
