@@ -61,6 +61,7 @@ bench: install
 	$(PY) benchmarks/bench_lipschitz.py
 	$(PY) benchmarks/bench_gradients.py
 	$(PY) benchmarks/bench_adversarial.py
+	$(PY) benchmarks/bench_sharpness.py
 
 clean:
 	rm -rf _proc docs .pytest_cache
