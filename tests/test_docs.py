@@ -21,7 +21,12 @@ CHROMIUM = next((shutil.which(c) for c in ('chromium', 'chromium-browser', 'goog
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason='no Chromium on PATH (CI installs Debian chromium; '
                                                               'apt-get install chromium to run these locally)')
 API = {'frobenius.html': ['weight_matrices', 'l2_penalty', 'conv_overlap_factor', 'frobenius_lipschitz_bound'],
-       'power_iteration.html': ['power_iteration', 'conv_operator_norm', 'spectral_penalty']}
+       'power_iteration.html': ['power_iteration', 'conv_operator_norm', 'spectral_penalty'],
+       'gradient_inequality.html': ['input_grad_norm', 'param_grad_norm', 'gradient_inequality'],
+       'adversarial_training.html': ['fgm', 'pgd', 'input_gradient_penalty', 'embedding_fgm', 'wgan_gradient_penalty'],
+       'sharpness.html': ['SAM', 'GradientNormPenalty', 'gradient_norm_penalty', 'flooding', 'hessian_top_eigenvalue']}
+FIGURES = {'lipschitz.html': 2, 'frobenius.html': 1, 'power_iteration.html': 2, 'gradient_inequality.html': 1,
+           'adversarial_training.html': 2, 'sharpness.html': 2}
 
 
 @pytest.fixture(scope='module')
@@ -63,20 +68,21 @@ def visible_text(dom):
 
 
 @needs_chromium
-@pytest.mark.parametrize('page', ['index.html', 'frobenius.html', 'power_iteration.html'])
+@pytest.mark.parametrize('page', ['index.html', 'data.html', 'lipschitz.html', 'frobenius.html', 'power_iteration.html',
+                                  'gradient_inequality.html', 'adversarial_training.html', 'sharpness.html'])
 def test_page_in_chromium(site, page):
     dom = chromium('--dump-dom', (site / page).as_uri()).stdout
     assert '<main>' in dom and 'class="sidebar"' in dom, f'{page}: Chromium did not load the page'
     maths = re.findall(r'<math\b', dom)
-    assert len(maths) >= (3 if page == 'index.html' else 20), f'{page}: too few MathML elements ({len(maths)})'
+    assert len(maths) >= {'index.html': 3, 'data.html': 5}.get(page, 20), f'{page}: too few MathML elements ({len(maths)})'
     text = visible_text(dom)
     assert '$' not in text, f'{page}: raw TeX delimiters left in the text: ...{text[text.find("$") - 60:text.find("$") + 60]}...'
     leftover = re.findall(r'\\(?:sigma|frac|sqrt|Vert|le|operatorname|begin)\b', text)
     assert not leftover, f'{page}: raw TeX commands in the text: {leftover[:5]}'
     for name in API.get(page, []):
-        assert re.search(rf'<h3 id="{name}"', dom), f'{page}: API entry for {name} missing'
+        assert re.search(rf'<h3 id="{name.lower()}"', dom), f'{page}: API entry for {name} missing'
     figures = re.findall(r'<img src="data:image/png;base64,', dom)
-    assert len(figures) >= {'index.html': 0, 'frobenius.html': 1, 'power_iteration.html': 2}[page]
+    assert len(figures) >= FIGURES.get(page, 0)
     sidebar = re.search(r'<nav class="sidebar">(.*?)</nav>', dom, re.S).group(1)
     sidebar_links = re.findall(r'href="([^"]+)"', sidebar)
     assert len(sidebar_links) == len(render_docs.sidebar_notebooks()) + 1
