@@ -103,6 +103,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'lipnotes/sharpness.py'),
                                     'lipnotes.sharpness.SAM': ('sharpness.html#sam', 'lipnotes/sharpness.py'),
                                     'lipnotes.sharpness.SAM.__init__': ('sharpness.html#sam.__init__', 'lipnotes/sharpness.py'),
+                                    'lipnotes.sharpness._check_params': ('sharpness.html#_check_params', 'lipnotes/sharpness.py'),
                                     'lipnotes.sharpness.flooding': ('sharpness.html#flooding', 'lipnotes/sharpness.py'),
                                     'lipnotes.sharpness.frozen_batchnorm_statistics': ( 'sharpness.html#frozen_batchnorm_statistics',
                                                                                         'lipnotes/sharpness.py'),

@@ -79,7 +79,8 @@ def param_grad_norm(f, model: nn.Module, x: torch.Tensor, args=()) -> torch.Tens
     if not isinstance(model, nn.Module): raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     _check_function(model, x, fn, 'model'); args = _check_args(args, x.shape[0], fn)
     params = _params(model, x, fn)
-    _check_one_scalar(f, model(x[:1]), args, fn, "the model's output batch")
+    with torch.no_grad(): out = model(x[:1])
+    _check_one_scalar(f, out, args, fn, "the model's output batch")
     g = _per_example_grads(f, model, params, x, args, 0)
     return _finite(torch.linalg.vector_norm(torch.cat([t.flatten(1) for t in g.values()], 1), dim=1), fn)
 
@@ -148,7 +149,8 @@ def gradient_inequality(model: nn.Sequential, x: torch.Tensor, f, args=(), weigh
     layers = _mlp_layers(model, x, fn)
     args = _check_args(args, x.shape[0], fn)
     params = _params(model, x, fn, trainable=False)
-    _check_one_scalar(f, model(x[:1]), args, fn, "the model's output batch")
+    with torch.no_grad(): out = model(x[:1])
+    _check_one_scalar(f, out, args, fn, "the model's output batch")
     lin, d = [m for _, m in layers], x.shape[1]
 
     def hidden(h):

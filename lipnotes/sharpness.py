@@ -11,18 +11,24 @@ import contextlib
 import math
 import torch
 from torch import nn
+from .lipschitz import _BATCHNORM
 from .spectral import _check_positive_float, _check_positive_int
 
 # %% ../nbs/06_sharpness.ipynb #f2043e84
+def _check_params(params, fname):
+    "params as a list: non-empty, every one a tensor that requires grad."
+    params = list(params)
+    if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params):
+        raise ValueError(f"{fname}: params must be a non-empty iterable of tensors that require grad")
+    return params
+
 def gradient_norm_penalty(loss: torch.Tensor, params) -> torch.Tensor:
     "||grad_theta loss|| over `params`, differentiable (double backprop): add lambda * it to the loss for the exact penalty."
     fn = 'gradient_norm_penalty'
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.is_floating_point():
         raise ValueError(f"{fn}: loss must be a scalar float tensor, got "
                          f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__}")
-    params = [p for p in params]
-    if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params):
-        raise ValueError(f"{fn}: params must be a non-empty iterable of tensors that require grad")
+    params = _check_params(params, fn)
     if not torch.isfinite(loss): raise ValueError(f"{fn}: loss is NaN or Inf")
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
     return torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads if g is not None]))
@@ -36,8 +42,6 @@ def flooding(loss: torch.Tensor, b: float) -> torch.Tensor:
     return (loss - b).abs() + b
 
 # %% ../nbs/06_sharpness.ipynb #a67b245f
-_BATCHNORM = nn.modules.batchnorm._BatchNorm
-
 @contextlib.contextmanager
 def frozen_batchnorm_statistics(model: nn.Module):
     "Inside, `model`'s BatchNorm layers normalise with batch statistics as usual; their running statistics are restored on exit."
@@ -93,7 +97,7 @@ class GradientNormPenalty(torch.optim.Optimizer):
             scale = g['r'] / norm.clamp_min(torch.finfo(norm.dtype).tiny)           # g = 0 gives e = 0
             e = torch._foreach_mul([p.grad for p in ps], scale)
             if g['adaptive']: torch._foreach_mul_(e, [p * p for p in ps])
-            saved.append((ps, [p.clone() for p in ps], [p.grad for p in ps], g['alpha']))
+            saved.append((ps, [p.clone() for p in ps], [p.grad for p in ps] if g['alpha'] < 1 else None, g['alpha']))
             torch._foreach_add_(ps, e)
             for p in ps: p.grad = None              # keep g(theta) aside: the second backward writes fresh tensors
         frozen = frozen_batchnorm_statistics(self.model) if self.model is not None else contextlib.nullcontext()
@@ -101,7 +105,7 @@ class GradientNormPenalty(torch.optim.Optimizer):
         for ps, thetas, g0, a in saved:
             torch._foreach_copy_(ps, thetas)                   # restore theta exactly, not by subtracting e
             g1 = [torch.zeros_like(p) if p.grad is None else p.grad for p in ps]
-            if a < 1:                                          # (1 - a) g(theta) + a g(theta + e), in g0's tensors
+            if g0 is not None:                                 # (1 - a) g(theta) + a g(theta + e), in g0's tensors
                 torch._foreach_lerp_(g0, g1, a)
                 g1 = g0
             for p, t in zip(ps, g1): p.grad = t
@@ -121,9 +125,7 @@ def hessian_top_eigenvalue(loss_fn, params, n_iter: int = 50, v=None) -> torch.T
     fn = 'hessian_top_eigenvalue'
     if not callable(loss_fn): raise TypeError(f"{fn}: loss_fn must be callable with no arguments, got {type(loss_fn).__name__}")
     _check_positive_int(n_iter, fn, 'n_iter')
-    params = [p for p in params]
-    if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params):
-        raise ValueError(f"{fn}: params must be a non-empty iterable of tensors that require grad")
+    params = _check_params(params, fn)
     with torch.enable_grad():
         loss = loss_fn()
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0: raise ValueError(f"{fn}: loss_fn() must return a scalar tensor")

@@ -1,5 +1,5 @@
 """lipnotes.adversarial: bad input refused before any work with the function and argument named; eps = 0 and zero
-gradients leave inputs unchanged; parameter gradients untouched; devices and dtypes."""
+gradients leave inputs unchanged; parameter gradients untouched. The device/dtype test is in test_devices.py."""
 import math
 
 import pytest
@@ -100,18 +100,3 @@ def test_fgm_radius_and_pgd_ball_in_float32():
         size = d.norm(dim=1) if norm == 2 else d.abs().amax(1)
         assert (size <= eps * (1 + 1e-6)).all()
 
-
-devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-if not torch.cuda.is_available():
-    devices.append(pytest.param('cuda', marks=pytest.mark.skip(reason='no CUDA device on this machine')))
-
-
-@pytest.mark.parametrize('device', devices)
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-def test_device_dtype(device, dtype):
-    m = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(device=device, dtype=dtype)
-    xs, ys = torch.randn(4, 5, device=device, dtype=dtype), torch.randint(0, 3, (4,), device=device)
-    lf = lambda z: F.cross_entropy(m(z), ys, reduction='none')
-    for out in (fgm(lf, xs, 0.1), pgd(lf, xs, 0.1, steps=2), input_gradient_penalty(lf, xs),
-                wgan_gradient_penalty(lambda z: m(z)[:, 0], xs, torch.randn_like(xs))):
-        assert out.device.type == device and out.dtype == dtype

@@ -95,3 +95,16 @@ def test_gradient_functions_device_dtype(device, dtype):
               r.lhs_terms, r.weight_norms, r.jacobian_norms):
         assert t.device.type == device and t.dtype == dtype
     assert (r.lhs <= r.rhs * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize('device', devices)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_adversarial_functions_device_dtype(device, dtype):
+    import torch.nn.functional as F
+    from lipnotes.adversarial import fgm, input_gradient_penalty, pgd, wgan_gradient_penalty
+    m = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).to(device=device, dtype=dtype)
+    xs, ys = torch.randn(4, 5, device=device, dtype=dtype), torch.randint(0, 3, (4,), device=device)
+    lf = lambda z: F.cross_entropy(m(z), ys, reduction='none')
+    for out in (fgm(lf, xs, 0.1), pgd(lf, xs, 0.1, steps=2), input_gradient_penalty(lf, xs),
+                wgan_gradient_penalty(lambda z: m(z)[:, 0], xs, torch.randn_like(xs))):
+        assert out.device.type == device and out.dtype == dtype
