@@ -219,9 +219,10 @@ def _conv2d_geometry(module, fname):
 class SpectralNormalization(nn.Module):
     "Parametrization W -> W / sigma (or W * min(1, coeff / sigma)), sigma the matrix or the conv-operator norm of W."
     def __init__(self, weight, n_power_iterations=1, mode='matrix', transposed=False, conv=None, input_shape=None,
-                 coeff=None, eps=1e-12, warmup_tol=1e-7, max_warmup=20_000):
+                 coeff=None, eps=1e-12, warmup_tol=1e-7, max_warmup=20_000, exact=False):
         super().__init__()
         self.n_power_iterations, self.mode, self.transposed, self.coeff, self.eps = n_power_iterations, mode, transposed, coeff, eps
+        self.exact = exact
         with torch.no_grad():
             w = weight.detach()
             if mode == 'operator':
@@ -229,14 +230,14 @@ class SpectralNormalization(nn.Module):
                 _, _, out_shape = _conv_maps(w, self.input_shape, *conv)
                 self.conv = conv
                 u, v = w.new_empty(out_shape).normal_(), w.new_empty(self.input_shape).normal_()
-            elif w.dim() > 1:
+            elif w.dim() > 1 and not exact:
                 m = self._matrix(w)
                 u, v = m.new_empty(m.shape[0]).normal_(), m.new_empty(m.shape[1]).normal_()
             else:
-                u = v = w.new_empty(0)                                        # a vector's norm needs no iteration
+                u = v = w.new_empty(0)                             # a vector's norm, or an SVD, needs no iteration
             self.register_buffer('_u', F.normalize(u.flatten(), dim=0, eps=eps).view_as(u))
             self.register_buffer('_v', F.normalize(v.flatten(), dim=0, eps=eps).view_as(v))
-            if w.dim() > 1: self._warm_up(w, warmup_tol, max_warmup)
+            if w.dim() > 1 and not exact: self._warm_up(w, warmup_tol, max_warmup)
 
     def _matrix(self, w):
         return (w.transpose(0, 1) if self.transposed else w).flatten(1)
@@ -276,6 +277,9 @@ class SpectralNormalization(nn.Module):
     def forward(self, weight):
         if weight.dim() == 1:
             sigma = torch.linalg.vector_norm(weight)
+        elif self.exact:                                                    # sigma_1 by SVD; half precision in float32
+            m = self._matrix(weight)
+            sigma = torch.linalg.matrix_norm(m.float() if m.dtype in _HALF else m, 2).to(weight.dtype)
         else:
             if self.training: self._power_method(weight, self.n_power_iterations)
             sigma = self._sigma(weight)
@@ -288,9 +292,12 @@ class SpectralNormalization(nn.Module):
 
 # %% ../nbs/03_power_iteration.ipynb #e98cd0dd
 def spectral_normalize(module: nn.Module, name: str = 'weight', n_power_iterations: int = 1, mode: str = 'matrix',
-                       input_shape=None, coeff: float | None = None, eps: float = 1e-12) -> nn.Module:
+                       input_shape=None, coeff: float | None = None, eps: float = 1e-12,
+                       exact: bool = False) -> nn.Module:
     """Register `SpectralNormalization` on `module.<name>`: divide by sigma (`coeff=None`) or cap it at `coeff`; sigma is the
-    reshaped-matrix norm (`mode='matrix'`, as torch) or the operator norm of a Conv2d on inputs `input_shape` (C, H, W)."""
+    reshaped-matrix norm (`mode='matrix'`, as torch) or the operator norm of a Conv2d on inputs `input_shape` (C, H, W);
+    sigma comes from `n_power_iterations` warm-started power steps per training forward, or with `exact=True` (matrix mode)
+    from an SVD at every forward, so that the normalised norm is 1 at every step and not only once the iteration catches up."""
     fn = 'spectral_normalize'
     if not isinstance(module, nn.Module): raise TypeError(f"{fn}: module must be a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(name, str): raise TypeError(f"{fn}: name must be a str, got {type(name).__name__}")
@@ -303,6 +310,10 @@ def spectral_normalize(module: nn.Module, name: str = 'weight', n_power_iteratio
     _check_positive_int(n_power_iterations, fn, 'n_power_iterations'); _check_positive_float(eps, fn, 'eps')
     if coeff is not None: _check_positive_float(coeff, fn, 'coeff')
     if mode not in ('matrix', 'operator'): raise ValueError(f"{fn}: mode must be 'matrix' or 'operator', got {mode!r}")
+    if not isinstance(exact, bool): raise TypeError(f"{fn}: exact must be a bool, got {type(exact).__name__}")
+    if exact and mode == 'operator':
+        raise ValueError(f"{fn}: exact=True computes the reshaped matrix's norm by SVD and needs mode='matrix'; "
+                         "for a conv operator raise n_power_iterations and check the result with conv_operator_norm")
     if not torch.isfinite(weight).all(): raise ValueError(f"{fn}: {name!r} contains NaN or Inf")
     conv = None
     if mode == 'operator':
@@ -316,5 +327,6 @@ def spectral_normalize(module: nn.Module, name: str = 'weight', n_power_iteratio
         raise ValueError(f"{fn}: input_shape is only used with mode='operator'")
     transposed = isinstance(module, nn.modules.conv._ConvTransposeNd) and name == 'weight'
     parametrize.register_parametrization(module, name, SpectralNormalization(
-        weight, n_power_iterations, mode, transposed, conv, input_shape, None if coeff is None else float(coeff), eps))
+        weight, n_power_iterations, mode, transposed, conv, input_shape, None if coeff is None else float(coeff), eps,
+        exact=exact))
     return module

@@ -63,6 +63,9 @@ def test_lipschitz_rejects(call, exc, words):
     (lambda: spectral_normalize(nn.Linear(3, 3), coeff=0.0), ValueError, "coeff must be positive"),
     (lambda: spectral_normalize(nn.Linear(3, 3), n_power_iterations=0), ValueError, "n_power_iterations must be >= 1"),
     (lambda: spectral_normalize(nn.Conv2d(1, 1, 4, padding='same'), mode='operator', input_shape=(1, 8, 8)), ValueError, "asymmetrically"),
+    (lambda: spectral_normalize(nn.Linear(3, 3), exact=1), TypeError, "spectral_normalize: exact must be a bool"),
+    (lambda: spectral_normalize(nn.Conv2d(1, 1, 3), mode='operator', input_shape=(1, 8, 8), exact=True), ValueError,
+     "exact=True computes the reshaped matrix's norm by SVD and needs mode='matrix'"),
 ])
 def test_spectral_normalize_rejects(call, exc, words):
     with pytest.raises(exc) as e:
@@ -109,6 +112,30 @@ def test_spectral_normalize_matches_torch_in_float32():
         with torch.no_grad():
             wa, wb = a.weight, b.weight
         assert torch.allclose(wa, wb, rtol=1e-6, atol=1e-6 * wa.abs().max().item())
+
+
+@pytest.mark.parametrize("make, x_shape, dtype", [(lambda: nn.Linear(20, 12), (20,), torch.float64),
+                                                  (lambda: nn.Conv2d(3, 5, 3), (3, 7, 7), torch.float32),
+                                                  (lambda: nn.ConvTranspose2d(4, 6, 3), (4, 7, 7), torch.float64),
+                                                  (lambda: nn.Linear(8, 8), (8,), torch.bfloat16)])
+def test_exact_matches_converged_torch_spectral_norm(make, x_shape, dtype):
+    "exact=True against torch's spectral_norm iterated to convergence on the same raw weight, before and after Adam steps."
+    torch.manual_seed(2)
+    layer = spectral_normalize(make().to(dtype), exact=True)
+    opt = torch.optim.Adam(layer.parameters(), 1e-2)
+    tol = {torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-9}[dtype]
+    for step in range(4):
+        if step:
+            opt.zero_grad(); layer(torch.randn(3, *x_shape).to(dtype)).float().square().mean().backward(); opt.step()
+        ref = make().double()
+        with torch.no_grad():
+            ref.weight.copy_(layer.parametrizations.weight.original)
+            torch_spectral_norm(ref)
+            for _ in range(500): ref(torch.zeros(1, *x_shape, dtype=torch.float64))   # power steps to convergence
+        ref.eval()
+        assert layer.weight.dtype == dtype
+        err = torch.linalg.vector_norm(layer.weight.double() - ref.weight) / torch.linalg.vector_norm(ref.weight)
+        assert err <= tol, (step, err.item())
 
 
 def test_operator_mode_is_one_lipschitz_after_warmup():
