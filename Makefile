@@ -62,6 +62,7 @@ bench: install
 	$(PY) benchmarks/bench_gradients.py
 	$(PY) benchmarks/bench_adversarial.py
 	$(PY) benchmarks/bench_sharpness.py
+	$(PY) benchmarks/bench_wgan.py
 
 clean:
 	rm -rf _proc docs .pytest_cache
