@@ -108,3 +108,24 @@ def test_adversarial_functions_device_dtype(device, dtype):
     for out in (fgm(lf, xs, 0.1), pgd(lf, xs, 0.1, steps=2), input_gradient_penalty(lf, xs),
                 wgan_gradient_penalty(lambda z: m(z)[:, 0], xs, torch.randn_like(xs))):
         assert out.device.type == device and out.dtype == dtype
+
+
+@pytest.mark.parametrize('device', devices)
+@pytest.mark.parametrize('dtype, rtol', [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 2 ** -6)])
+def test_longtail_functions_device_dtype(device, dtype, rtol):
+    "Priors in float64 on the CPU, logits elsewhere: the loss, the module and the post-hoc rule follow the logits."
+    import torch.nn.functional as F
+    from lipnotes.longtail import LogitAdjustedLoss, class_priors, logit_adjusted_loss, posthoc_adjust
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 5, (200,), generator=g)
+    priors = class_priors(labels, 5)
+    logits = torch.randn(16, 5, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 5, (16,), generator=g)
+    ref = F.cross_entropy(logits + priors.log(), target)
+    lx, tx = logits.to(device=device, dtype=dtype), target.to(device)
+    for loss in (logit_adjusted_loss(lx, tx, priors), LogitAdjustedLoss(priors).to(device)(lx, tx)):
+        assert loss.device.type == device and loss.dtype == dtype
+        assert torch.allclose(loss.double().cpu(), ref, rtol=rtol)
+    adj = posthoc_adjust(lx, priors)
+    assert adj.device.type == device and adj.dtype == dtype
+    assert class_priors(labels.to(device), 5).device.type == device

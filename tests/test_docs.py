@@ -24,10 +24,13 @@ API = {'frobenius.html': ['weight_matrices', 'l2_penalty', 'conv_overlap_factor'
        'power_iteration.html': ['power_iteration', 'conv_operator_norm', 'spectral_penalty'],
        'gradient_inequality.html': ['input_grad_norm', 'param_grad_norm', 'gradient_inequality'],
        'adversarial_training.html': ['fgm', 'pgd', 'input_gradient_penalty', 'embedding_fgm', 'wgan_gradient_penalty'],
-       'sharpness.html': ['SAM', 'GradientNormPenalty', 'gradient_norm_penalty', 'flooding', 'hessian_top_eigenvalue']}
+       'sharpness.html': ['SAM', 'GradientNormPenalty', 'gradient_norm_penalty', 'flooding', 'hessian_top_eigenvalue'],
+       'logit_adjustment.html': ['class_priors', 'logit_adjusted_loss', 'LogitAdjustedLoss', 'posthoc_adjust',
+                                 'per_class_error', 'balanced_error']}
 NO_MODULE = {'index.html', 'wgan.html'}          # pages that export nothing, so have no source links
 FIGURES = {'lipschitz.html': 2, 'frobenius.html': 1, 'power_iteration.html': 2, 'gradient_inequality.html': 1,
-           'adversarial_training.html': 2, 'sharpness.html': 2, 'wgan.html': 5}
+           'adversarial_training.html': 2, 'sharpness.html': 2, 'wgan.html': 5,
+           'logit_adjustment.html': 1}
 
 
 @pytest.fixture(scope='module')
@@ -70,7 +73,8 @@ def visible_text(dom):
 
 @needs_chromium
 @pytest.mark.parametrize('page', ['index.html', 'data.html', 'lipschitz.html', 'frobenius.html', 'power_iteration.html',
-                                  'gradient_inequality.html', 'adversarial_training.html', 'sharpness.html', 'wgan.html'])
+                                  'gradient_inequality.html', 'adversarial_training.html', 'sharpness.html', 'wgan.html',
+                                  'logit_adjustment.html'])
 def test_page_in_chromium(site, page):
     dom = chromium('--dump-dom', (site / page).as_uri()).stdout
     assert '<main>' in dom and 'class="sidebar"' in dom, f'{page}: Chromium did not load the page'

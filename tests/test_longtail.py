@@ -1,0 +1,134 @@
+"""lipnotes.longtail and lipnotes.data.long_tailed: agreement with independent references (F.cross_entropy on shifted
+logits, numpy counts, scikit-learn's balanced accuracy) over random inputs, and bad input refused before any work."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from sklearn.metrics import balanced_accuracy_score
+
+from lipnotes.data import long_tailed
+from lipnotes.longtail import (LogitAdjustedLoss, balanced_error, class_priors, logit_adjusted_loss, per_class_error,
+                               posthoc_adjust)
+
+P4 = torch.tensor([0.6, 0.25, 0.1, 0.05], dtype=torch.float64)
+X, T = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 0, 1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(2, 7), extra=st.lists(st.integers(1, 3), max_size=2), batched=st.booleans(),
+       tau=st.floats(0, 3), scale=st.sampled_from([1.0, 30.0, 1e4]), seed=st.integers(0, 2**31 - 1),
+       reduction=st.sampled_from(['mean', 'sum', 'none']))
+def test_loss_is_cross_entropy_of_shifted_logits(k, extra, batched, tau, scale, seed, reduction):
+    g = torch.Generator().manual_seed(seed)
+    priors = torch.rand(k, generator=g, dtype=torch.float64) + 0.01
+    priors = priors / priors.sum()
+    shape = (5, k, *extra) if batched else (k,)
+    logits = scale * torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_()
+    cdim = 1 if batched else 0
+    target = torch.randint(0, k, shape[:cdim] + shape[cdim + 1:], generator=g)
+    shifted = logits + tau * priors.log().view(-1, *[1] * (len(shape) - cdim - 1))
+    ours, ref = logit_adjusted_loss(logits, target, priors, tau, reduction), F.cross_entropy(shifted, target, reduction=reduction)
+    assert torch.isfinite(ours).all()
+    assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12 * scale)
+    g1, = torch.autograd.grad(ours.sum(), logits); g2, = torch.autograd.grad(ref.sum(), logits)
+    assert torch.allclose(g1, g2, rtol=1e-12, atol=1e-12)
+
+
+def test_tau_zero_is_cross_entropy_exactly_and_extras_pass_through():
+    assert torch.equal(logit_adjusted_loss(X, T, P4, tau=0), F.cross_entropy(X, T))
+    t = T.clone(); t[2] = -100
+    assert torch.allclose(logit_adjusted_loss(X, t, P4), F.cross_entropy(X + P4.log(), t), rtol=1e-12)
+    soft = torch.softmax(torch.randn(6, 4, dtype=torch.float64), 1)
+    assert torch.allclose(logit_adjusted_loss(X, soft, P4), F.cross_entropy(X + P4.log(), soft), rtol=1e-12)
+    m = LogitAdjustedLoss(P4, tau=0.5, reduction='none')
+    assert torch.allclose(m(X, T), F.cross_entropy(X + 0.5 * P4.log(), T, reduction='none'), rtol=1e-12)
+    assert 'priors' in dict(m.named_buffers())
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 8), n=st.integers(1, 300), smoothing=st.sampled_from([0.0, 0.5, 1.0]), seed=st.integers(0, 2**31 - 1))
+def test_class_priors_against_numpy(k, n, smoothing, seed):
+    labels = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(seed))
+    counts = np.bincount(labels.numpy(), minlength=k)
+    if smoothing == 0 and (counts == 0).any():
+        with pytest.raises(ValueError, match='class_priors: classes .* have no examples'):
+            class_priors(labels, k)
+        return
+    ref = (counts + smoothing) / (n + k * smoothing)
+    assert np.allclose(class_priors(labels, k, smoothing).numpy(), ref, rtol=1e-15, atol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(2, 6), n=st.integers(20, 300), seed=st.integers(0, 2**31 - 1))
+def test_balanced_error_against_sklearn(k, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.cat([torch.arange(k), torch.randint(0, k, (n,), generator=g)])        # every class present
+    pred = torch.where(torch.rand(len(target), generator=g) < 0.6, target, torch.randint(0, k, (len(target),), generator=g))
+    ber = balanced_error(pred, target, k)
+    assert abs(1 - ber.item() - balanced_accuracy_score(target.numpy(), pred.numpy())) < 1e-12
+    per = per_class_error(pred, target, k)
+    assert torch.equal(per.count, torch.bincount(target, minlength=k))
+
+
+def test_posthoc_adjust_is_the_balanced_bayes_rule():
+    "Exact posterior of a 1-D mixture: argmax P(y|x)/pi_y picks argmax p(x|y) at every point."
+    pi, mu = torch.tensor([0.9, 0.09, 0.01], dtype=torch.float64), torch.tensor([-2.0, 0.0, 2.0], dtype=torch.float64)
+    x = torch.linspace(-5, 5, 2001, dtype=torch.float64)
+    log_lik = -0.5 * (x[:, None] - mu) ** 2
+    top2 = log_lik.topk(2, dim=1).values
+    clear = top2[:, 0] - top2[:, 1] > 1e-9                                        # off the thresholds +-1 (ties)
+    assert clear.sum() >= 1995
+    assert torch.equal(posthoc_adjust(log_lik + pi.log(), pi).argmax(1)[clear], log_lik.argmax(1)[clear])
+    assert not torch.equal((log_lik + pi.log()).argmax(1)[clear], log_lik.argmax(1)[clear])   # unadjusted: different
+
+
+def test_long_tailed_profile_and_determinism():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(5).repeat_interleave(40)[torch.randperm(200, generator=g)]
+    x = torch.randn(200, 3, generator=g)
+    xs, ys = long_tailed((x, y), 16.0, seed=3)
+    assert torch.bincount(ys).tolist() == [max(1, math.floor(40 * 16 ** (-k / 4) + 1e-9)) for k in range(5)] == [40, 20, 10, 5, 2]
+    idx = [int((x == r).all(1).nonzero()) for r in xs]
+    assert idx == sorted(idx) and torch.equal(y[idx], ys)                       # a subset, in the input's order
+    assert all(torch.equal(a, b) for a, b in zip(long_tailed((x, y), 16.0, seed=3), (xs, ys)))
+
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda: class_priors(torch.tensor([0.0, 1.0]), 2), TypeError, "class_priors: labels must hold integer"),
+    (lambda: class_priors(torch.tensor([0, 1]), 0), ValueError, "class_priors: num_classes must be a positive int"),
+    (lambda: class_priors(torch.tensor([0, 3]), 3), ValueError, "class_priors: labels must lie in [0, 2]"),
+    (lambda: class_priors(torch.tensor([0, 0]), 2), ValueError, "class_priors: classes [1] have no examples"),
+    (lambda: class_priors(torch.tensor([0, 0]), 2, smoothing=-1.0), ValueError, "class_priors: smoothing must be"),
+    (lambda: logit_adjusted_loss(X, T, torch.tensor([0.7, 0.4, -0.1, 0.0], dtype=torch.float64)), ValueError,
+     "logit_adjusted_loss: priors must be finite and non-negative"),
+    (lambda: logit_adjusted_loss(X, T, torch.tensor([0.5, 0.2, 0.1, 0.1], dtype=torch.float64)), ValueError,
+     "logit_adjusted_loss: priors must sum to 1"),
+    (lambda: logit_adjusted_loss(X, T, torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64)), ValueError,
+     "logit_adjusted_loss: priors contain zeros"),
+    (lambda: logit_adjusted_loss(X, T, P4[:3] / P4[:3].sum()), ValueError, "logit_adjusted_loss: priors must have shape (4,)"),
+    (lambda: logit_adjusted_loss(X, T, [0.25] * 4), TypeError, "logit_adjusted_loss: priors must be a torch.Tensor"),
+    (lambda: logit_adjusted_loss(X, torch.tensor([0, 1, 2, 4, 0, 1]), P4), ValueError, "logit_adjusted_loss: target must lie in [0, 3]"),
+    (lambda: logit_adjusted_loss(X, T[:5], P4), ValueError, "logit_adjusted_loss: target must have shape (6,)"),
+    (lambda: logit_adjusted_loss(X, T, P4, tau=-0.5), ValueError, "logit_adjusted_loss: tau must be finite and >= 0"),
+    (lambda: logit_adjusted_loss(X, T, P4, tau=float('nan')), ValueError, "logit_adjusted_loss: tau must be finite"),
+    (lambda: logit_adjusted_loss(X, T, P4, reduction='avg'), ValueError, "logit_adjusted_loss: reduction must be"),
+    (lambda: logit_adjusted_loss(X.long(), T, P4), TypeError, "logit_adjusted_loss: logits must be a floating tensor"),
+    (lambda: LogitAdjustedLoss(torch.tensor([0.9, 0.2])), ValueError, "LogitAdjustedLoss: priors must sum to 1"),
+    (lambda: LogitAdjustedLoss(P4, tau=-1), ValueError, "LogitAdjustedLoss: tau must be finite and >= 0"),
+    (lambda: posthoc_adjust(X, P4, tau=-1), ValueError, "posthoc_adjust: tau must be finite and >= 0"),
+    (lambda: posthoc_adjust(X, P4[:2] / P4[:2].sum()), ValueError, "posthoc_adjust: priors must have shape (4,)"),
+    (lambda: balanced_error(torch.tensor([0, 1]), torch.tensor([0, 0]), 2), ValueError, "balanced_error: classes [1] have no examples"),
+    (lambda: balanced_error(torch.tensor([0, 1, 1]), torch.tensor([0, 1]), 2), ValueError, "balanced_error: pred and target must be"),
+    (lambda: per_class_error(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), 2), ValueError, "per_class_error: floating pred must be logits"),
+    (lambda: long_tailed((X, T), 0.5), ValueError, "long_tailed: imbalance must lie in"),
+    (lambda: long_tailed((X, T.double()), 10.0), ValueError, "long_tailed: y must be 1-D int64"),
+    (lambda: long_tailed(X, 10.0), TypeError, "long_tailed: dataset must be a pair"),
+    (lambda: long_tailed((X, torch.tensor([0, 2, 0, 2, 0, 2])), 10.0), ValueError, "long_tailed: every class 0..2 needs examples"),
+])
+def test_longtail_rejects(call, exc, words):
+    with pytest.raises(exc) as e:
+        call()
+    assert words in str(e.value)
