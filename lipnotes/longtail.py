@@ -21,20 +21,25 @@ def _check_priors(priors, num_classes, fname, like=None):
     if not priors.is_floating_point(): raise TypeError(f"{fname}: priors must be a floating tensor, got {priors.dtype}")
     if priors.dim() != 1 or (num_classes is not None and priors.numel() != num_classes):
         raise ValueError(f"{fname}: priors must have shape ({num_classes},), one entry per class, got {tuple(priors.shape)}")
-    if not torch.isfinite(priors).all() or (priors < 0).any():
-        raise ValueError(f"{fname}: priors must be finite and non-negative, got {priors.tolist()}")
-    if (priors == 0).any():
+    if not (torch.isfinite(priors) & (priors > 0)).all():                 # one check on the happy path; diagnose after
+        if not torch.isfinite(priors).all() or (priors < 0).any():
+            raise ValueError(f"{fname}: priors must be finite and non-negative, got {priors.tolist()}")
         raise ValueError(f"{fname}: priors contain zeros (classes {(priors == 0).nonzero().flatten().tolist()}), and log 0 = -inf; "
                          "estimate them with class_priors(..., smoothing=...)")
     if abs(priors.double().sum().item() - 1) > 1e-5:
         raise ValueError(f"{fname}: priors must sum to 1 (within 1e-5), got {priors.double().sum().item():.8g}")
     return priors if like is None else priors.to(device=like.device, dtype=like.dtype)
 
-def _check_tau(tau, fname):
-    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
-        raise TypeError(f"{fname}: tau must be a number, got {type(tau).__name__}")
-    if not math.isfinite(tau) or tau < 0: raise ValueError(f"{fname}: tau must be finite and >= 0, got {tau}")
-    return float(tau)
+def _check_nonnegative(x, fname, argname):
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise TypeError(f"{fname}: {argname} must be a number, got {type(x).__name__}")
+    if not math.isfinite(x) or x < 0: raise ValueError(f"{fname}: {argname} must be finite and >= 0, got {x}")
+    return float(x)
+
+def _check_tau(tau, fname): return _check_nonnegative(tau, fname, 'tau')
+
+def _check_reduction(reduction, fname):
+    if reduction not in ('mean', 'sum', 'none'): raise ValueError(f"{fname}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 def _check_logits(logits, fname):
     if not isinstance(logits, torch.Tensor):
@@ -52,21 +57,44 @@ def _check_labels(labels, num_classes, fname, argname, ignore_index=None):
         raise TypeError(f"{fname}: {argname} must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"{fname}: {argname} must hold integer class indices, got {labels.dtype}")
-    valid = labels if ignore_index is None else labels[labels != ignore_index]
-    if valid.numel() and (valid.min() < 0 or valid.max() >= num_classes):
+    bad = (labels < 0) | (labels >= num_classes)                       # one host sync when all is well
+    if ignore_index is not None: bad &= labels != ignore_index
+    if bad.any():
+        valid = labels if ignore_index is None else labels[labels != ignore_index]
         raise ValueError(f"{fname}: {argname} must lie in [0, {num_classes - 1}], got values from {valid.min().item()} "
                          f"to {valid.max().item()}")
+
+def _adjusted_cross_entropy(logits, target, priors, tau, reduction, ignore_index, fname):
+    "The loss once priors, tau and reduction are known good: check logits and target, shift, call F.cross_entropy."
+    cdim = _check_logits(logits, fname)
+    if priors.numel() != logits.shape[cdim]:
+        raise ValueError(f"{fname}: priors must have shape ({logits.shape[cdim]},), one entry per class, got {tuple(priors.shape)}")
+    if not isinstance(target, torch.Tensor): raise TypeError(f"{fname}: target must be a torch.Tensor, got {type(target).__name__}")
+    if target.is_floating_point():                                # class probabilities, the shape of logits
+        if target.shape != logits.shape:
+            raise ValueError(f"{fname}: probability targets must have the shape of logits {tuple(logits.shape)}, got {tuple(target.shape)}")
+    else:
+        expected = logits.shape[:cdim] + logits.shape[cdim + 1:]
+        if target.shape != expected:
+            raise ValueError(f"{fname}: target must have shape {tuple(expected)} for logits of shape {tuple(logits.shape)}, "
+                             f"got {tuple(target.shape)}")
+        _check_labels(target, logits.shape[cdim], fname, 'target', ignore_index)
+    if tau == 0: return F.cross_entropy(logits, target, reduction=reduction, ignore_index=ignore_index)
+    shift = tau * _log_priors(priors.to(device=logits.device, dtype=logits.dtype), logits, cdim)
+    return F.cross_entropy(logits + shift, target, reduction=reduction, ignore_index=ignore_index)
+
+def _check_num_classes(num_classes, fname):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"{fname}: num_classes must be a positive int, got {num_classes!r}")
 
 # %% ../nbs/08_logit_adjustment.ipynb #79d445bc
 def class_priors(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
     "Empirical class priors (count_y + smoothing) / (n + K smoothing), float64; a class with no examples needs smoothing > 0."
     fn = 'class_priors'
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"{fn}: num_classes must be a positive int, got {num_classes!r}")
+    _check_num_classes(num_classes, fn)
     _check_labels(labels, num_classes, fn, 'labels')
     if labels.dim() != 1 or labels.numel() == 0: raise ValueError(f"{fn}: labels must be a non-empty 1-D tensor, got shape {tuple(labels.shape)}")
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not math.isfinite(smoothing) or smoothing < 0:
-        raise ValueError(f"{fn}: smoothing must be a finite number >= 0, got {smoothing!r}")
+    _check_nonnegative(smoothing, fn, 'smoothing')
     counts = torch.bincount(labels.long(), minlength=num_classes).double()
     if smoothing == 0 and (counts == 0).any():
         raise ValueError(f"{fn}: classes {(counts == 0).nonzero().flatten().tolist()} have no examples, so their prior would be 0 "
@@ -78,36 +106,25 @@ def logit_adjusted_loss(logits: torch.Tensor, target: torch.Tensor, priors: torc
                         reduction: str = 'mean', ignore_index: int = -100) -> torch.Tensor:
     "F.cross_entropy(logits + tau * log(priors), target): the logit-adjusted loss of Menon et al.; tau = 0 is plain cross-entropy."
     fn = 'logit_adjusted_loss'
-    cdim = _check_logits(logits, fn)
+    _check_logits(logits, fn)
     tau = _check_tau(tau, fn)
-    priors = _check_priors(priors, logits.shape[cdim], fn, like=logits)
-    if reduction not in ('mean', 'sum', 'none'): raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-    if not isinstance(target, torch.Tensor): raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
-    if target.is_floating_point():                                # class probabilities, the shape of logits
-        if target.shape != logits.shape:
-            raise ValueError(f"{fn}: probability targets must have the shape of logits {tuple(logits.shape)}, got {tuple(target.shape)}")
-    else:
-        expected = logits.shape[:cdim] + logits.shape[cdim + 1:]
-        if target.shape != expected:
-            raise ValueError(f"{fn}: target must have shape {tuple(expected)} for logits of shape {tuple(logits.shape)}, "
-                             f"got {tuple(target.shape)}")
-        _check_labels(target, logits.shape[cdim], fn, 'target', ignore_index)
-    adjusted = logits if tau == 0 else logits + tau * _log_priors(priors, logits, cdim)
-    return F.cross_entropy(adjusted, target, reduction=reduction, ignore_index=ignore_index)
+    _check_priors(priors, None, fn)
+    _check_reduction(reduction, fn)
+    return _adjusted_cross_entropy(logits, target, priors, tau, reduction, ignore_index, fn)
 
 # %% ../nbs/08_logit_adjustment.ipynb #2fccdf5d
 class LogitAdjustedLoss(nn.Module):
-    "`logit_adjusted_loss` as a loss module; the priors are a buffer, so they follow `.to(device)`."
+    "`logit_adjusted_loss` as a loss module; the priors are checked once and kept as a buffer, so they follow `.to(device)`."
     def __init__(self, priors: torch.Tensor, tau: float = 1.0, reduction: str = 'mean', ignore_index: int = -100):
         super().__init__()
         fn = 'LogitAdjustedLoss'
         self.register_buffer('priors', _check_priors(priors, None, fn).detach().clone())
         self.tau = _check_tau(tau, fn)
-        if reduction not in ('mean', 'sum', 'none'): raise ValueError(f"{fn}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        _check_reduction(reduction, fn)
         self.reduction, self.ignore_index = reduction, ignore_index
 
     def forward(self, logits, target):
-        return logit_adjusted_loss(logits, target, self.priors, self.tau, self.reduction, self.ignore_index)
+        return _adjusted_cross_entropy(logits, target, self.priors, self.tau, self.reduction, self.ignore_index, 'LogitAdjustedLoss')
 
     def extra_repr(self): return f"num_classes={self.priors.numel()}, tau={self.tau}, reduction={self.reduction!r}"
 
@@ -126,11 +143,8 @@ class PerClassError(NamedTuple):
     error: torch.Tensor
     count: torch.Tensor
 
-def per_class_error(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> PerClassError:
-    "Error rate of each class, from predicted labels (or logits of shape (N, K), argmax taken) and true labels."
-    fn = 'per_class_error'
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"{fn}: num_classes must be a positive int, got {num_classes!r}")
+def _per_class_error(pred, target, num_classes, fn):
+    _check_num_classes(num_classes, fn)
     if isinstance(pred, torch.Tensor) and pred.is_floating_point():
         if pred.dim() != 2 or pred.shape[1] != num_classes:
             raise ValueError(f"{fn}: floating pred must be logits of shape (N, {num_classes}), got {tuple(pred.shape)}")
@@ -145,7 +159,10 @@ def per_class_error(pred: torch.Tensor, target: torch.Tensor, num_classes: int) 
     wrong = torch.bincount(target.long(), weights=(pred != target).double(), minlength=num_classes)
     return PerClassError(wrong / count, count)
 
+def per_class_error(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> PerClassError:
+    "Error rate of each class, from predicted labels (or logits of shape (N, K), argmax taken) and true labels."
+    return _per_class_error(pred, target, num_classes, 'per_class_error')
+
 def balanced_error(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     "Balanced error rate (1/K) sum_y P(pred != y | y): the mean of `per_class_error` (1 - balanced accuracy)."
-    try: return per_class_error(pred, target, num_classes).error.mean()
-    except (TypeError, ValueError) as e: raise type(e)(str(e).replace('per_class_error', 'balanced_error', 1)) from None
+    return _per_class_error(pred, target, num_classes, 'balanced_error').error.mean()
