@@ -2,8 +2,8 @@
 
 nbdev-clean stores notebooks with `execution_count: null` but keeps their outputs; nbval would then fail every such cell
 with "Unrun reference cell has outputs". We give those cells a count so that nbval compares their outputs instead.
-Cells marked `#| slow` (the project's nbdev test flag) are skipped unless LIPNOTES_SLOW=1; a slow cell must not define
-names that later cells use.
+Cells marked `#| slow` (the project's nbdev test flag) and tests marked `@pytest.mark.slow` are skipped unless
+LIPNOTES_SLOW=1; a slow cell must not define names that later cells use.
 """
 import os, re
 import pytest
@@ -14,6 +14,9 @@ _SLOW = re.compile(r"^\s*#\|\s*slow\b", re.M)
 def pytest_collection_modifyitems(config, items):
     run_slow = os.environ.get("LIPNOTES_SLOW") == "1"
     for item in items:
+        if not run_slow and item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.skip(reason="slow test; set LIPNOTES_SLOW=1 to run it"))
+            continue
         cell = getattr(item, "cell", None)  # only nbval's notebook-cell items have one
         if cell is None or getattr(cell, "cell_type", None) != "code":
             continue

@@ -110,6 +110,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'lipnotes.norms': { 'lipnotes.norms._activation_constant': ('frobenius.html#_activation_constant', 'lipnotes/norms.py'),
                                 'lipnotes.norms._as_tuple': ('frobenius.html#_as_tuple', 'lipnotes/norms.py'),
                                 'lipnotes.norms._check_model': ('frobenius.html#_check_model', 'lipnotes/norms.py'),
+                                'lipnotes.norms._declared_constant': ('frobenius.html#_declared_constant', 'lipnotes/norms.py'),
                                 'lipnotes.norms._layer_matrix': ('frobenius.html#_layer_matrix', 'lipnotes/norms.py'),
                                 'lipnotes.norms._max_abs_slope': ('frobenius.html#_max_abs_slope', 'lipnotes/norms.py'),
                                 'lipnotes.norms._module_lipschitz': ('frobenius.html#_module_lipschitz', 'lipnotes/norms.py'),

@@ -112,9 +112,21 @@ def _activation_constant(module):
         return _SLOPES[key]
     return None
 
+def _declared_constant(module, name, fname):
+    "A module's declared `lipschitz_constant`, checked to be a finite real >= 0 (a bool, string, NaN, inf or negative is refused)."
+    c = module.lipschitz_constant
+    if isinstance(c, torch.Tensor) and c.numel() == 1 and not c.is_complex() and c.dtype != torch.bool: c = c.item()
+    if isinstance(c, bool) or not isinstance(c, (int, float)):
+        raise TypeError(f"{fname}: module '{name or type(module).__name__}' declares lipschitz_constant={c!r}; "
+                        "it must be a finite real number >= 0")
+    if not (math.isfinite(c) and c >= 0):
+        raise ValueError(f"{fname}: module '{name or type(module).__name__}' declares lipschitz_constant={c!r}; "
+                         "it must be a finite real number >= 0")
+    return float(c)
+
 def _module_lipschitz(module, name, fname, weight_bound):
     "An upper bound on the Lipschitz constant of `module`, with `weight_bound(layer)` bounding each Linear/Conv layer."
-    if hasattr(module, 'lipschitz_constant'): return float(module.lipschitz_constant)
+    if hasattr(module, 'lipschitz_constant'): return _declared_constant(module, name, fname)
     if isinstance(module, _WEIGHT_LAYERS):
         if isinstance(module, nn.modules.conv._ConvNd) and module.padding_mode != 'zeros':
             raise ValueError(f"{fname}: module '{name}' uses padding_mode='{module.padding_mode}'; only zero padding is bounded")
