@@ -1,0 +1,305 @@
+"""lipnotes.norms against independent references: every activation constant against torch's own module on a float64 grid
+(finite differences) over randomised settings; the Frobenius bound against dense Jacobians (torch.func.jacrev) for
+every convolution geometry it accepts and for modules it must not walk; declared constants validated."""
+import math
+import random
+
+import pytest
+import torch
+from torch import nn
+from torch.func import jacrev
+
+from lipnotes.norms import _activation_constant, _activation_rule, conv_overlap_factor, frobenius_lipschitz_bound
+
+F64 = torch.float64
+
+
+def dense_norm(f, shape):
+    "||J_f||_2 at zero, from the dense Jacobian: the constant of a linear or affine f."
+    x = torch.zeros(*shape, dtype=F64)
+    return torch.linalg.matrix_norm(jacrev(f)(x).reshape(-1, x.numel()), 2).item()
+
+
+# --- item 2: only plain nn.Sequential is walked ------------------------------------------------------------------------
+class Skip(nn.Module):
+    def __init__(self): super().__init__(); self.lin = nn.Linear(4, 4)
+    def forward(self, x): return x + self.lin(x)
+
+
+class Scaled(nn.Module):
+    def __init__(self): super().__init__(); self.lin = nn.Linear(4, 4)
+    def forward(self, x): return 100 * self.lin(x)
+
+
+def test_single_child_module_is_not_its_child():
+    "x + lin(x) with lin zero has constant 1 (the old code said 0); 100 lin(x) has 100 ||W||_2 (the old code said ||W||_F)."
+    torch.manual_seed(0)
+    skip, scaled = Skip().double(), Scaled().double()
+    with torch.no_grad(): skip.lin.weight.zero_()
+    assert dense_norm(skip, (4,)) == pytest.approx(1.0)
+    true = dense_norm(scaled, (4,))
+    assert true == pytest.approx(100 * torch.linalg.matrix_norm(scaled.lin.weight, 2).item())
+    for m in (skip, scaled):
+        with pytest.raises(ValueError, match=r"^frobenius_lipschitz_bound: cannot bound module '\w+' \(\w+\) of model"):
+            frobenius_lipschitz_bound(m)
+    scaled.lipschitz_constant = 100 * frobenius_lipschitz_bound(scaled.lin).item()
+    assert frobenius_lipschitz_bound(nn.Sequential(nn.Identity(), scaled)).item() >= true
+
+
+def test_sequential_with_own_forward_or_hooks_is_refused():
+    class Doubled(nn.Sequential):
+        def forward(self, x): return 2 * super().forward(x)
+    with pytest.raises(ValueError, match="cannot bound module 'Doubled'"):
+        frobenius_lipschitz_bound(Doubled(nn.Linear(3, 3)))
+    for register in (lambda m: m.register_forward_hook(lambda mod, i, o: 10 * o),
+                     lambda m: m.register_forward_pre_hook(lambda mod, i: (10 * i[0],))):
+        net = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+        handle = register(net[0])
+        with pytest.raises(ValueError, match="^frobenius_lipschitz_bound: module '0' of model has forward hooks"):
+            frobenius_lipschitz_bound(net)
+        handle.remove()
+        assert frobenius_lipschitz_bound(net) > 0
+    handle = nn.modules.module.register_module_forward_hook(lambda mod, i, o: o)
+    try:
+        with pytest.raises(ValueError, match="^frobenius_lipschitz_bound: global forward hooks"):
+            frobenius_lipschitz_bound(nn.Linear(3, 3))
+    finally:
+        handle.remove()
+
+
+def test_module_list_and_dict_are_refused():
+    for m in (nn.ModuleList([nn.Linear(2, 2)]), nn.ModuleDict({'a': nn.Linear(2, 2)})):
+        with pytest.raises(ValueError, match="cannot bound module"):
+            frobenius_lipschitz_bound(m)
+
+
+# --- item 3: declared constants ----------------------------------------------------------------------------------------
+def with_declared(c):
+    block = nn.Sequential(nn.Linear(3, 3))
+    block.lipschitz_constant = c
+    return nn.Sequential(nn.Linear(3, 3), block)
+
+
+@pytest.mark.parametrize("c, exc", [(float('nan'), ValueError), (float('inf'), ValueError), (-1.0, ValueError),
+                                    (-1, ValueError), (10 ** 400, ValueError), ("2", TypeError), (True, TypeError),
+                                    (torch.tensor(2.0 + 0j), TypeError), (torch.tensor(float('nan')), ValueError),
+                                    (torch.tensor(True), TypeError), (torch.ones(2), TypeError),
+                                    (torch.empty((), device='meta'), TypeError), (None, TypeError)])
+def test_declared_constant_must_be_finite_real(c, exc):
+    with pytest.raises(exc, match=r"^frobenius_lipschitz_bound: module '1' of model declares lipschitz_constant="):
+        frobenius_lipschitz_bound(with_declared(c))
+
+
+@pytest.mark.parametrize("c", [torch.tensor(2.5), torch.tensor(3), 3, 0, 2.5])
+def test_declared_constant_accepted(c):
+    net = with_declared(c)
+    expected = torch.linalg.matrix_norm(net[0].weight).item() * float(c)
+    assert frobenius_lipschitz_bound(net).item() == pytest.approx(expected, rel=1e-6)
+
+
+# --- item 4: activation constants against torch's own modules -----------------------------------------------------------
+def fd_slope(act, lo, hi, n=400_001):
+    "Largest |finite-difference slope| of torch's module on a float64 grid (a mean of |g'|, so never above sup |g'|)."
+    x = torch.linspace(lo, hi, n, dtype=F64)
+    xs = x[:, None].repeat(1, act.weight.numel() if isinstance(act, nn.PReLU) else 1)
+    with torch.no_grad(): y = act.double()(xs)
+    return ((y[1:] - y[:-1]) / (xs[1:] - xs[:-1])).abs().max().item()
+
+
+VALUES = [-1e3, -7.5, -3.0, -1.0, -0.5, -1e-3, 0.0, 1e-3, 0.3, 1.0, 2.5, 1e3]
+
+
+def random_values(rng, k=6):
+    return VALUES + [rng.uniform(-10, 10) for _ in range(k)]
+
+
+def activation_cases():
+    "(module, grid half-width) over negative, zero, huge and random settings of every parameterised activation."
+    rng = random.Random(0)
+    cases = [(m, 30.0) for m in (nn.ReLU(), nn.ReLU6(), nn.Tanh(), nn.Sigmoid(), nn.Softsign(), nn.Tanhshrink(),
+                                 nn.LogSigmoid(), nn.Hardsigmoid(), nn.Hardswish(), nn.SELU(), nn.GELU(),
+                                 nn.GELU(approximate='tanh'), nn.SiLU(), nn.Mish(), nn.Identity())]
+    for v in random_values(rng):
+        cases += [(nn.LeakyReLU(v), 30.0), (nn.ELU(v), 30.0), (nn.Hardshrink(v), 30.0 + abs(v)),
+                  (nn.Threshold(v, v), 30.0 + abs(v)), (nn.Threshold(v, v + 1.0), 30.0 + abs(v)),
+                  (nn.Softshrink(abs(v)), 30.0 + abs(v)), (nn.Softshrink(-abs(v) - 0.1), 30.0)]
+        if v != 0: cases += [(nn.CELU(v), 30.0)]
+        for beta in (v, -v):
+            for t in (20.0, 0.0, -5.0, 40.0, 1.0):
+                if beta != 0: cases += [(nn.Softplus(beta, t), (abs(t) + 30.0) / abs(beta))]
+    for _ in range(12):
+        a, b = sorted(rng.choice(VALUES + [rng.uniform(-10, 10)]) for _ in range(2))
+        if b - a > 0.01: cases += [(nn.Hardtanh(a, b), 30.0 + max(abs(a), abs(b)))]
+        cases += [(nn.RReLU(a, b).eval(), 30.0), (nn.RReLU(b, a).eval() if a < b else nn.RReLU(a, b), 30.0)]
+        prelu = nn.PReLU(3)
+        with torch.no_grad(): prelu.weight.copy_(torch.tensor([rng.choice(VALUES), rng.uniform(-5, 5), a]))
+        cases += [(prelu, 30.0)]
+    return cases
+
+
+CASES = activation_cases()
+
+
+@pytest.mark.parametrize("act, half_width", CASES, ids=[repr(a) for a, _ in CASES])
+def test_activation_constant_is_sound_and_tight(act, half_width):
+    "Where a constant is returned it is >= every slope torch's module attains and within 1e-3 of the largest one."
+    c, why = _activation_rule(act)
+    try:
+        fd = fd_slope(act, -half_width, half_width)
+    except RuntimeError:                                  # torch itself refuses these settings (e.g. RReLU lower > upper)
+        assert c is None and why, f"{act}: torch refuses it, the rule gave {c}"
+        return
+    if c is None:
+        assert why                                        # refused with a reason: no finite constant, or a jump
+        return
+    assert fd <= c * (1 + 1e-9), f"{act}: constant {c} below an attained slope {fd}"
+    assert fd >= c * (1 - 1e-3), f"{act}: constant {c} not tight, largest slope {fd}"
+
+
+@pytest.mark.parametrize("act", [nn.CELU(-1.0), nn.CELU(-0.3), nn.Hardshrink(0.5), nn.Threshold(0.0, 1.0),
+                                 nn.Softplus(threshold=0.0), nn.Softplus(threshold=-3.0)])
+def test_refused_activations_have_no_constant(act):
+    "The refused settings really have no constant: a slope beyond any bound (unbounded or a jump) on a fine grid."
+    assert _activation_constant(act) is None
+    assert fd_slope(act, -40.0, 40.0, n=2_000_001) > 1e3
+
+
+def test_elu_negative_alpha_regression():
+    "ELU(alpha=-3) has constant 3 (slope -3 e^x as x -> 0-); the old code said 1."
+    assert _activation_constant(nn.ELU(alpha=-3.0)) == 3.0
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ELU(alpha=-3.0)).double()
+    with torch.no_grad(): net[0].weight.fill_(1.0)
+    x = torch.tensor([-1e-6], dtype=F64)
+    assert jacrev(net)(x).abs().item() <= frobenius_lipschitz_bound(net).item() * (1 + 1e-12)
+    assert jacrev(net)(x).abs().item() > 2.99
+
+
+def test_rrelu_train_mode_bound_covers_every_sampled_slope():
+    torch.manual_seed(0)
+    for lower, upper in [(0.1, 0.3), (-3.0, -1.0), (-2.0, 5.0)]:
+        act = nn.RReLU(lower, upper).train()
+        x = -torch.rand(200_000, dtype=F64) - 0.1
+        slopes = (act(x) / x).abs()
+        c = _activation_constant(act)
+        assert slopes.max().item() <= c and (c == 1.0 or slopes.max().item() >= c * (1 - 1e-3))
+
+
+def test_softplus_refused_where_the_dtype_resolves_its_jump():
+    "torch's Softplus jumps by log(1+e^-t)/beta at x = t/beta: refused in float64 for t = 20, accepted for t = 40."
+    x = torch.tensor([20 - 1e-12, 20 + 1e-12], dtype=F64)
+    y = nn.Softplus()(x)
+    assert abs(y[1] - y[0]).item() > 1e3 * (x[1] - x[0]).item()          # the jump, visible in float64
+    assert _activation_constant(nn.Softplus(), F64) is None and _activation_constant(nn.Softplus()) == 1.0
+    assert _activation_constant(nn.Softplus(threshold=40.0), F64) == 1.0
+    with pytest.raises(ValueError, match=r"^frobenius_lipschitz_bound: cannot bound module '1' \(Softplus\) of model"):
+        frobenius_lipschitz_bound(nn.Sequential(nn.Linear(2, 2), nn.Softplus()).double())
+    assert frobenius_lipschitz_bound(nn.Sequential(nn.Linear(2, 2), nn.Softplus(threshold=40.0)).double()) > 0
+
+
+@pytest.mark.parametrize("act", [nn.Softmax(dim=-1), nn.Softmin(dim=-1), nn.Softmax2d()])
+def test_softmax_constant_one_half(act):
+    "||diag(p) - pp^T||_2 <= 1/2 at random logits (dense Jacobians), = 1/2 at two equal logits."
+    c = _activation_constant(act)
+    assert c == 0.5
+    g = torch.Generator().manual_seed(1)
+    shape = (3, 2, 2) if isinstance(act, nn.Softmax2d) else (5,)
+    norms = [dense_norm(lambda z: act(z + 4 * torch.randn(shape, generator=g, dtype=F64)), shape) for _ in range(200)]
+    assert max(norms) <= c * (1 + 1e-12)
+    if not isinstance(act, nn.Softmax2d):
+        assert dense_norm(act, (2,)) == pytest.approx(0.5, abs=1e-15)
+
+
+def test_log_softmax_is_not_accepted():
+    assert _activation_constant(nn.LogSoftmax(dim=-1)) is None
+    z = torch.zeros(8, dtype=F64); z[0] = 40.0
+    assert torch.linalg.matrix_norm(jacrev(lambda t: torch.log_softmax(t, -1))(z), 2).item() > 2
+
+
+def test_activation_constant_keeps_its_one_argument_signature():
+    "lipnotes.lipschitz calls _activation_constant(module): unknown modules give None."
+    assert _activation_constant(nn.ReLU()) == 1.0 and _activation_constant(nn.BatchNorm1d(3)) is None
+
+
+# --- the Frobenius bound over every convolution it accepts ----------------------------------------------------------------
+def conv_cases(n=60, seed=0):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)                               # the layers' initial weights
+    for _ in range(n):
+        dim, transposed = rng.choice([1, 2, 3]), rng.random() < 0.4
+        groups = rng.choice([1, 1, 2])
+        cin, cout = groups * rng.randint(1, 2), groups * rng.randint(1, 2)
+        k = tuple(rng.randint(1, 3) for _ in range(dim))
+        s = tuple(rng.randint(1, 3) for _ in range(dim))
+        d = tuple(rng.randint(1, 2) for _ in range(dim))
+        size = tuple(rng.randint(max(ki * di, 3), max(ki * di, 6 if dim < 3 else 4)) for ki, di in zip(k, d))
+        if transposed:
+            op = tuple(rng.randint(0, max(si, di) - 1) for si, di in zip(s, d))
+            p = tuple(rng.randint(0, (di * (ki - 1)) // 2) for ki, di in zip(k, d))
+            cls = [nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d][dim - 1]
+            layer = cls(cin, cout, k, stride=s, padding=p, output_padding=op, dilation=d, groups=groups)
+        else:
+            p = rng.choice(['valid', 'same', 'int'])
+            if p == 'same': s = (1,) * dim
+            if p == 'int': p = tuple(rng.randint(0, 2) for _ in range(dim))
+            cls = [nn.Conv1d, nn.Conv2d, nn.Conv3d][dim - 1]
+            layer = cls(cin, cout, k, stride=s, padding=p, dilation=d, groups=groups)
+        yield layer, (cin, *size), rng.random() < 0.5
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("layer, shape, positive", list(conv_cases()))
+def test_frobenius_bound_dominates_every_conv(layer, shape, positive):
+    "The bound is >= the layer's operator norm from its dense Jacobian, in every geometry; non-negative kernels are the worst case."
+    layer = layer.double()
+    if positive:
+        with torch.no_grad(): layer.weight.abs_()
+    true = dense_norm(lambda x: layer(x[None])[0], shape)
+    assert true <= frobenius_lipschitz_bound(layer).item() * (1 + 1e-12)
+    kernel = tuple(layer.kernel_size)
+    reshaped = torch.linalg.matrix_norm(layer.weight.reshape(layer.weight.shape[0], -1), 'fro').item()
+    assert true <= conv_overlap_factor(kernel, tuple(layer.stride), tuple(layer.dilation)) * reshaped * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("mode", ['reflect', 'replicate', 'circular'])
+def test_non_zero_padding_refused(mode):
+    with pytest.raises(ValueError, match=f"^frobenius_lipschitz_bound: module '0' of model uses padding_mode='{mode}'"):
+        frobenius_lipschitz_bound(nn.Sequential(nn.Conv2d(1, 1, 3, padding=1, padding_mode=mode)))
+
+
+def test_circular_padding_breaks_the_overlap_factor():
+    "Why non-zero padding is refused: 1/3 kernel, 4x4 input, circular padding 2: ||conv|| = 4.56 > 3 = factor * ||K~||."
+    layer = nn.Conv2d(1, 1, 3, padding=2, padding_mode='circular', bias=False).double()
+    with torch.no_grad(): layer.weight.fill_(1 / 3)
+    true = dense_norm(lambda x: layer(x[None])[0], (1, 4, 4))
+    assert true == pytest.approx(4.5616, abs=1e-4)
+    assert true > conv_overlap_factor((3, 3)) * torch.linalg.matrix_norm(layer.weight.reshape(1, -1), 2).item()
+
+
+# --- random chains over every accepted layer ---------------------------------------------------------------------------
+def test_frobenius_bound_dominates_random_chains():
+    "Random Sequential nets of Linear layers and every parameterised activation: bound >= ||J|| at sampled points."
+    rng = random.Random(3)
+    acts = [a for a, _ in CASES if _activation_rule(a, F64)[0] is not None and not isinstance(a, nn.PReLU)]
+    for trial in range(40):
+        torch.manual_seed(trial)
+        layers, w = [], rng.randint(1, 5)
+        for _ in range(rng.randint(1, 3)):
+            w2 = rng.randint(1, 5)
+            layers += [nn.Linear(w, w2), rng.choice(acts), nn.Dropout(0.3)]
+            w = w2
+        net = nn.Sequential(*layers).double().eval()
+        bound = frobenius_lipschitz_bound(net).item()
+        xs = torch.randn(32, layers[0].in_features, dtype=F64) * rng.choice([0.01, 1.0, 10.0])
+        jac = max(torch.linalg.matrix_norm(jacrev(net)(x), 2).item() for x in xs)
+        assert jac <= bound * (1 + 1e-9)
+
+
+def test_half_precision_bound_rounds_up():
+    "A float16 model's bound is the float64 product rounded up, never below it."
+    torch.manual_seed(0)
+    for _ in range(20):
+        net = nn.Sequential(nn.Linear(7, 5), nn.ReLU(), nn.Linear(5, 3)).half()
+        exact = math.prod(torch.linalg.vector_norm(m.weight.double()).item() for m in (net[0], net[2]))
+        b = frobenius_lipschitz_bound(net)
+        assert b.dtype == torch.float16 and b.item() >= exact
+        assert b.item() <= exact * (1 + 2 ** -10)
