@@ -8,6 +8,8 @@ __all__ = ['fgm', 'input_gradient_penalty', 'pgd', 'perturb_output', 'embedding_
 # %% ../nbs/05_adversarial_training.ipynb #c2696919
 import contextlib
 import math
+import numbers
+import re
 import torch
 from torch import nn
 from .spectral import _check_float_tensor, _check_positive_int, _check_positive_float
@@ -17,8 +19,16 @@ def _all_finite(t):
     "True if every entry of t is finite. A finite sum proves it in one reduction; an infinite sum (overflow) is rechecked."
     return math.isfinite(t.sum().item()) or bool(torch.isfinite(t).all())
 
+def _is_real(v):
+    "A real Python or NumPy number, not a bool."
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+def _check_not_meta(t, fname, argname):
+    if t.is_meta: raise ValueError(f"{fname}: {argname} is a meta tensor (shape only, no values); pass a tensor with data")
+
 def _check_input(x, fname, argname='x'):
-    _check_float_tensor(x, fname, argname)
+    "A floating tensor with data, a non-empty batch dimension (a 1-D x is a batch of scalars) and finite values."
+    _check_float_tensor(x, fname, argname); _check_not_meta(x, fname, argname)
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"{fname}: {argname} must be a non-empty batch (batch, ...), got shape {tuple(x.shape)}")
     if not _all_finite(x): raise ValueError(f"{fname}: {argname} contains NaN or Inf")
@@ -27,25 +37,49 @@ def _check_norm(norm, fname, argname='norm', allowed=(2, math.inf)):
     if isinstance(norm, bool) or norm not in allowed:
         raise ValueError(f"{fname}: {argname} must be one of {', '.join(map(str, allowed))}, got {norm!r}")
 
+def _rows(t):
+    "t as (batch, features), one row per example; a 1-D t is a batch of scalars, one feature each."
+    return t.reshape(t.shape[0], -1)
+
 def _per_example_shape(t, like):
     "t of shape (batch,) reshaped to broadcast against `like` (batch, ...)."
     return t.reshape(-1, *([1] * (like.dim() - 1)))
 
 def _check_eps(eps, x, fname, argname='eps'):
-    "eps: a number >= 0 (returned as a float), or a tensor with one value >= 0 per example (returned shaped to broadcast)."
-    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
-        if not (math.isfinite(eps) and eps >= 0): raise ValueError(f"{fname}: {argname} must be finite and >= 0, got {eps}")
+    "eps: a real number >= 0 (returned as a float), or a real tensor, one value >= 0 per example (shaped to broadcast)."
+    big = torch.finfo(x.dtype).max
+    if _is_real(eps):
+        if not (math.isfinite(float(eps)) and 0 <= float(eps) <= big):
+            raise ValueError(f"{fname}: {argname} must be finite and >= 0 (and at most {big:.4g} in {x.dtype}), got {eps}")
         return float(eps)
-    if isinstance(eps, torch.Tensor):
-        if eps.dim() > 1 or (eps.dim() == 1 and eps.shape[0] != x.shape[0]):
-            raise ValueError(f"{fname}: {argname} must be a number or a tensor of shape ({x.shape[0]},), "
-                             f"got shape {tuple(eps.shape)}")
-        e = eps.detach().to(device=x.device, dtype=x.dtype)
-    else:
+    if not isinstance(eps, torch.Tensor):
         raise TypeError(f"{fname}: {argname} must be a number or a tensor, got {type(eps).__name__}")
+    if eps.dtype == torch.bool or eps.is_complex():
+        raise TypeError(f"{fname}: {argname} must be a real number or a real (int or float) tensor, got dtype {eps.dtype}")
+    _check_not_meta(eps, fname, argname)
+    if eps.dim() > 1 or (eps.dim() == 1 and eps.shape[0] != x.shape[0]):
+        raise ValueError(f"{fname}: {argname} must be a number or a tensor of shape ({x.shape[0]},), got shape {tuple(eps.shape)}")
+    e = eps.detach().to(device=x.device, dtype=x.dtype)
     if not (torch.isfinite(e).all() and (e >= 0).all()):
-        raise ValueError(f"{fname}: {argname} must be finite and >= 0, got {eps}")
+        raise ValueError(f"{fname}: {argname} must be finite and >= 0 (in {x.dtype}), got {eps}")
     return _per_example_shape(e, x) if e.dim() == 1 else e
+
+# %% ../nbs/05_adversarial_training.ipynb #a7d1c3e2
+_HALF = (torch.float16, torch.bfloat16)
+_DTYPE_ERROR = re.compile(r"dtype|scalar type|type \(\w+\) and|should be the same")
+
+def _check_module_dtype(f, x, fname, argname, xname='x'):
+    "If f is an nn.Module, its floating parameters must have x's dtype: checked before any work."
+    p = next((p for p in f.parameters() if p.is_floating_point() and p.dtype != x.dtype), None) if isinstance(f, nn.Module) else None
+    if p is not None:
+        raise TypeError(f"{fname}: {argname} has {p.dtype} parameters but {xname} is {x.dtype}; convert one to the other's dtype")
+
+def _call(f, args, fname, argname, on):
+    "f(*args); torch's dtype-mismatch error is re-raised naming the function and the argument."
+    try: return f(*args)
+    except RuntimeError as err:
+        if not _DTYPE_ERROR.search(str(err)): raise
+        raise TypeError(f"{fname}: {argname} failed {on} with a dtype mismatch; does the model's dtype match? ({err})") from err
 
 def _checked_loss(loss, batch, fname, allow_scalar=True, what='loss_fn', finite=True):
     "A loss must be a scalar or one value per example (shape (batch,)), and finite (if `finite`)."
@@ -59,21 +93,27 @@ def _checked_loss(loss, batch, fname, allow_scalar=True, what='loss_fn', finite=
     return loss
 
 def _input_grad(loss_fn, x, fname):
-    "grad_x of loss_fn at x, detached; parameters' .grad are not touched (autograd.grad with respect to x only)."
+    "grad_x of loss_fn at x, detached (0 for a loss with no graph to x); parameters' .grad are not touched."
     if not callable(loss_fn): raise TypeError(f"{fname}: loss_fn must be callable, got {type(loss_fn).__name__}")
+    _check_module_dtype(loss_fn, x, fname, 'loss_fn')
     xr = x.detach().requires_grad_()
     with torch.enable_grad():
-        loss = _checked_loss(loss_fn(xr), x.shape[0], fname, finite=False)   # a NaN loss shows up in g, checked below
-        g, = torch.autograd.grad(loss.sum(), xr, allow_unused=True)
+        loss = _checked_loss(_call(loss_fn, (xr,), fname, 'loss_fn', f'on x of dtype {x.dtype}'), x.shape[0], fname, finite=False)
+        if not loss.requires_grad: return torch.zeros_like(xr)       # a loss constant in x: gradient 0
+        g, = torch.autograd.grad(loss.sum(), xr, allow_unused=True)   # a NaN loss shows up in g, checked by _unit_step
     return torch.zeros_like(xr) if g is None else g
 
 def _unit_step(g, norm, fname):
     "The steepest-ascent step of unit size: g/||g|| per example (0 where g = 0), or sign(g) for the max-norm."
-    n = g if norm == math.inf else torch.linalg.vector_norm(g.flatten(1), dim=1)
-    if not _all_finite(n):                  # the per-example norms are finite exactly when g is (short of overflow)
+    g32 = g.float() if g.dtype in _HALF else g           # half precision: sum of squares under- and overflows
+    scale = _rows(g32).abs().amax(1)                     # dividing by max|g| first: no underflow in ||g|| (1e-30 in float32)
+    if not _all_finite(scale):
         raise ValueError(f"{fname}: the gradient of loss_fn is NaN or Inf (a NaN loss, or a non-differentiable point?)")
     if norm == math.inf: return g.sign()
-    return g / _per_example_shape(n, g).clamp_min(torch.finfo(g.dtype).tiny)      # where g = 0: 0 / tiny = 0
+    tiny = torch.finfo(g32.dtype).tiny
+    gs = g32 / _per_example_shape(scale.clamp_min(tiny), g32)                 # entries in [-1, 1], max 1 (or all 0)
+    n = torch.linalg.vector_norm(_rows(gs), dim=1).clamp_min(tiny)           # >= 1, or 0 -> tiny where g = 0
+    return (gs / _per_example_shape(n, gs)).to(g.dtype)
 
 # %% ../nbs/05_adversarial_training.ipynb #64f765cf
 def fgm(loss_fn, x: torch.Tensor, eps, norm=2) -> torch.Tensor:
@@ -89,61 +129,110 @@ def input_gradient_penalty(loss_fn, x: torch.Tensor, p=2, squared: bool = False)
     _check_input(x, fn); _check_norm(p, fn, 'p', (1, 2, math.inf))
     if not isinstance(squared, bool): raise TypeError(f"{fn}: squared must be a bool, got {type(squared).__name__}")
     if not callable(loss_fn): raise TypeError(f"{fn}: loss_fn must be callable, got {type(loss_fn).__name__}")
+    _check_module_dtype(loss_fn, x, fn, 'loss_fn')
     xr = x if x.requires_grad else x.detach().requires_grad_()
     with torch.enable_grad():
-        loss = _checked_loss(loss_fn(xr), x.shape[0], fn, allow_scalar=False)
-        g, = torch.autograd.grad(loss.sum(), xr, create_graph=True, allow_unused=True)
+        loss = _checked_loss(_call(loss_fn, (xr,), fn, 'loss_fn', f'on x of dtype {x.dtype}'), x.shape[0], fn, allow_scalar=False)
+        g = (torch.autograd.grad(loss.sum(), xr, create_graph=True, allow_unused=True)[0]
+             if loss.requires_grad else None)                  # None: a loss constant in x, gradient 0
     if g is None: g = torch.zeros_like(xr)
-    n = torch.linalg.vector_norm(g.flatten(1), ord=p, dim=1)
+    n = torch.linalg.vector_norm(_rows(g), ord=p, dim=1)
     return n ** 2 if squared else n
 
 # %% ../nbs/05_adversarial_training.ipynb #f56e458f
 def pgd(loss_fn, x: torch.Tensor, eps, steps: int = 10, step_size=None, norm=2, random_start: bool = True,
         clamp=None) -> torch.Tensor:
-    "x + delta: projected gradient ascent on loss_fn within the eps-ball (norm 2 or inf) around each example."
+    "Projected gradient ascent on loss_fn over the points within eps of each example (norm 2 or inf) and in the box `clamp`."
     fn = 'pgd'
     _check_input(x, fn); e = _check_eps(eps, x, fn); _check_norm(norm, fn); _check_positive_int(steps, fn, 'steps')
     if step_size is not None: _check_positive_float(step_size, fn, 'step_size')
     if not isinstance(random_start, bool):
         raise TypeError(f"{fn}: random_start must be a bool, got {type(random_start).__name__}")
     if clamp is not None and not (isinstance(clamp, (tuple, list)) and len(clamp) == 2
-                                  and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clamp)
-                                  and clamp[0] < clamp[1]):
+                                  and all(map(_is_real, clamp)) and clamp[0] < clamp[1]):
         raise ValueError(f"{fn}: clamp must be None or a pair (low, high) with low < high, got {clamp!r}")
     if not callable(loss_fn): raise TypeError(f"{fn}: loss_fn must be callable, got {type(loss_fn).__name__}")
-    step = e * (2.5 / steps) if step_size is None else step_size
     x0 = x.detach()
-
-    def project(d):
-        if norm == math.inf: d = torch.clamp(d, -e, e)
-        else:
-            n = _per_example_shape(torch.linalg.vector_norm(d.flatten(1), dim=1), d)
-            d = d * torch.where(n > e, e / n.clamp_min(torch.finfo(d.dtype).tiny), torch.ones_like(n))
-        return d if clamp is None else (x0 + d).clamp(*clamp) - x0
-
-    if random_start and norm == math.inf: delta = (2 * torch.rand_like(x0) - 1) * e
+    if clamp is not None: _check_box_reachable(x0, e, norm, clamp, fn)
+    step = e * (2.5 / steps) if step_size is None else step_size
+    project = lambda z: _project(z, x0, e, norm, clamp)
+    if random_start and norm == math.inf: z = x0 + (2 * torch.rand_like(x0) - 1) * e
     elif random_start:                       # uniform in the ball: a uniform direction, radius eps U^(1/dim)
         radius = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device) ** (1 / x0[0].numel())
-        delta = _unit_step(torch.randn_like(x0), 2, fn) * _per_example_shape(radius, x0) * e
-    else: delta = torch.zeros_like(x0)
-    delta = project(delta)
+        z = x0 + _unit_step(torch.randn_like(x0), 2, fn) * _per_example_shape(radius, x0) * e
+    else: z = x0
+    z = project(z)
     for _ in range(steps):
-        delta = project(delta + step * _unit_step(_input_grad(loss_fn, x0 + delta, fn), norm, fn))
-    return x + delta.detach()
+        z = project(z + step * _unit_step(_input_grad(loss_fn, z, fn), norm, fn))
+    return z + (x - x0) if x.requires_grad else z             # x - x0 is exactly 0: the point is z, the gradient flows to x
+
+# %% ../nbs/05_adversarial_training.ipynb #b83e5f10
+def _box_distance(x0, norm, clamp):
+    "Per example, the distance (in `norm`) from x0 to the box [low, high]."
+    return torch.linalg.vector_norm(_rows(x0 - x0.clamp(*clamp)), ord=norm, dim=1)
+
+def _check_box_reachable(x0, e, norm, clamp, fname):
+    "The eps-ball around each example must meet the box: otherwise no point satisfies both."
+    far = _box_distance(x0, norm, clamp) > (e if isinstance(e, float) else e.reshape(-1))
+    if far.any():
+        i = int(far.nonzero()[0])
+        raise ValueError(f"{fname}: x lies farther than eps from the box clamp={tuple(clamp)} for {int(far.sum())} of "
+                         f"{len(far)} examples (example {i} at distance {_box_distance(x0, norm, clamp)[i].item():.4g}): "
+                         f"no point is within eps of x and inside the box")
+
+def _project(z, x0, e, norm, clamp):
+    "The Euclidean projection of z onto {p : ||p - x0|| <= eps per example, low <= p <= high}."
+    if norm == math.inf:                        # the intersection is a box: clamp to it, coordinate by coordinate
+        lo, hi = x0 - e, x0 + e
+        if clamp is not None: lo, hi = lo.clamp_min(clamp[0]), hi.clamp_max(clamp[1])
+        return torch.minimum(torch.maximum(z, lo), hi)
+    d = z - x0
+    n = _per_example_shape(torch.linalg.vector_norm(_rows(d), dim=1), d)
+    ball = x0 + d * torch.where(n > e, e / n.clamp_min(torch.finfo(d.dtype).tiny), torch.ones_like(n))
+    return ball if clamp is None else _ball_box_projection(z, x0, e, clamp)
+
+def _ball_box_projection(z, x0, e, clamp):
+    """argmin ||p - z|| over the box and ||p - x0|| <= eps. KKT: p(t) = clamp((1 - t) z + t x0) for the smallest t in
+    [0, 1] with ||p(t) - x0|| <= eps; that distance does not increase with t, and p(1) = clamp(x0) is feasible: bisect."""
+    b = z.shape[0]
+    e_b = torch.full((b,), e, dtype=z.dtype, device=z.device) if isinstance(e, float) else e.reshape(-1)
+    p = lambda t: ((1 - _per_example_shape(t, z)) * z + _per_example_shape(t, z) * x0).clamp(*clamp)
+    ok = lambda t: torch.linalg.vector_norm(_rows(p(t) - x0), dim=1) <= e_b
+    lo, hi = torch.zeros(b, dtype=z.dtype, device=z.device), torch.ones(b, dtype=z.dtype, device=z.device)
+    for _ in range(int(-math.log2(torch.finfo(z.dtype).eps)) + 2):           # to the last bit of t
+        mid = (lo + hi) / 2
+        good = ok(mid)
+        lo, hi = torch.where(good, lo, mid), torch.where(good, mid, hi)
+    return p(torch.where(ok(lo), lo, hi))                    # lo = 0 when clamp(z) itself is within eps
+
+# %% ../nbs/05_adversarial_training.ipynb #c4a9e7d2
+def _output_tensor(out, fname):
+    "A module's output: the tensor itself, or the first element of a tuple (an nn.LSTM returns (output, (h, c)))."
+    t = out[0] if isinstance(out, (tuple, list)) and len(out) > 0 else out
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{fname}: module's output must be a tensor or a tuple whose first element is a tensor, "
+                         f"got {type(out).__name__}" + (f" of {type(t).__name__}" if t is not out else ""))
+    return t
+
+def _with_output_tensor(out, t):
+    "`out` with its output tensor (see `_output_tensor`) replaced by t; the other elements of a tuple are kept."
+    if not isinstance(out, (tuple, list)): return t
+    return type(out)(t, *out[1:]) if hasattr(out, '_fields') else type(out)((t, *out[1:]))
 
 # %% ../nbs/05_adversarial_training.ipynb #05cbd9a6
 @contextlib.contextmanager
 def perturb_output(module: nn.Module, delta: torch.Tensor):
-    "Context manager: inside it, every forward of `module` returns its output + delta (delta shaped like the output)."
+    "Context manager: inside it, every forward of `module` returns its output + delta (for a tuple, its first element)."
     fn = 'perturb_output'
     if not isinstance(module, nn.Module): raise TypeError(f"{fn}: module must be a torch.nn.Module, got {type(module).__name__}")
-    _check_float_tensor(delta, fn, 'delta')
+    _check_float_tensor(delta, fn, 'delta'); _check_not_meta(delta, fn, 'delta')
+    if not _all_finite(delta): raise ValueError(f"{fn}: delta contains NaN or Inf")
 
     def add(m, inputs, out):
-        if not isinstance(out, torch.Tensor) or out.shape != delta.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"{fn}: delta has shape {tuple(delta.shape)} but {type(m).__name__}'s output has shape {got}")
-        return out + delta.to(out)
+        t = _output_tensor(out, fn)
+        if t.shape != delta.shape:
+            raise ValueError(f"{fn}: delta has shape {tuple(delta.shape)} but {type(m).__name__}'s output has shape {tuple(t.shape)}")
+        return _with_output_tensor(out, t + delta.to(t))
     handle = module.register_forward_hook(add)
     try: yield
     finally: handle.remove()
@@ -157,22 +246,38 @@ def embedding_fgm(loss_fn, module: nn.Module, eps, norm=2) -> torch.Tensor:
     outputs = []
 
     def capture(m, inputs, out):
-        leaf = out.detach().requires_grad_()      # grad with respect to the output only; no parameter .grad touched
+        leaf = _output_tensor(out, fn).detach().requires_grad_()   # grad w.r.t. the output only; no parameter .grad touched
         outputs.append(leaf)
-        return leaf
+        return _with_output_tensor(out, leaf)
     handle = module.register_forward_hook(capture)
     try:
-        with torch.enable_grad(): loss = loss_fn()
+        with torch.enable_grad(): loss = _call(loss_fn, (), fn, 'loss_fn', 'running the model')
     finally: handle.remove()
     if len(outputs) != 1:
         raise ValueError(f"{fn}: module must run exactly once inside loss_fn(), it ran {len(outputs)} times")
     out = outputs[0]
-    _check_input(out, fn, "the module's output")
+    _check_input(out, fn, "module's output")
     e = _check_eps(eps, out, fn)
     loss = _checked_loss(loss, out.shape[0], fn)
-    g, = torch.autograd.grad(loss.sum(), out, allow_unused=True)
+    g = torch.autograd.grad(loss.sum(), out, allow_unused=True)[0] if loss.requires_grad else None
     g = torch.zeros_like(out) if g is None else g
     return (e * _unit_step(g, norm, fn)).detach()
+
+# %% ../nbs/05_adversarial_training.ipynb #d5b2f8a3
+def _check_per_sample(critic, fname):
+    "A critic that normalises with batch statistics mixes the samples: then no score has a per-sample gradient."
+    mixing = lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
+    m = next(filter(mixing, critic.modules()), None) if isinstance(critic, nn.Module) else None
+    if m is not None:
+        raise ValueError(f"{fname}: critic normalises with batch statistics ({type(m).__name__} in training mode or "
+                         f"without running stats), so a score's gradient is not per sample; use eval mode or LayerNorm")
+
+def _check_alpha(alpha, b, fname):
+    _check_float_tensor(alpha, fname, 'alpha'); _check_not_meta(alpha, fname, 'alpha')
+    if alpha.shape != (b,) or not ((alpha >= 0) & (alpha <= 1)).all():
+        got = f"shape {tuple(alpha.shape)}" + (f", values from {alpha.min().item():.4g} to {alpha.max().item():.4g}"
+                                              if alpha.shape == (b,) else "")
+        raise ValueError(f"{fname}: alpha must have shape ({b},) with values in [0, 1], got {got}")
 
 # %% ../nbs/05_adversarial_training.ipynb #e7b3de5e
 def wgan_gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, one_sided: bool = False, target: float = 1.0,
@@ -188,19 +293,18 @@ def wgan_gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, one_si
                          f"{fake.dtype} on {fake.device}")
     _check_positive_float(target, fn, 'target')
     if not isinstance(one_sided, bool): raise TypeError(f"{fn}: one_sided must be a bool, got {type(one_sided).__name__}")
+    _check_module_dtype(critic, real, fn, 'critic', 'real'); _check_per_sample(critic, fn)
     b = real.shape[0]
     if alpha is None: alpha = torch.rand(b, dtype=real.dtype, device=real.device)       # one alpha per sample
-    else:
-        _check_float_tensor(alpha, fn, 'alpha')
-        if alpha.shape != (b,) or not ((alpha >= 0) & (alpha <= 1)).all():
-            raise ValueError(f"{fn}: alpha must have shape ({b},) with values in [0, 1], got shape {tuple(alpha.shape)}")
+    else: _check_alpha(alpha, b, fn)
     a = _per_example_shape(alpha.to(real), real)
     x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_()
     with torch.enable_grad():
-        d = critic(x_hat)
-        if not isinstance(d, torch.Tensor) or d.shape not in ((b,), (b, 1)):
-            got = tuple(d.shape) if isinstance(d, torch.Tensor) else type(d).__name__
-            raise ValueError(f"{fn}: critic must return one score per sample, shape ({b},) or ({b}, 1), got {got}")
-        g, = torch.autograd.grad(d.sum(), x_hat, create_graph=True)
-    excess = torch.linalg.vector_norm(g.flatten(1), dim=1) - target        # the gradient of a sample is one vector
+        d = _call(critic, (x_hat,), fn, 'critic', f'on real and fake of dtype {real.dtype}')
+        if not (isinstance(d, torch.Tensor) and d.is_floating_point() and d.shape in ((b,), (b, 1))):
+            got = f"shape {tuple(d.shape)}, dtype {d.dtype}" if isinstance(d, torch.Tensor) else type(d).__name__
+            raise ValueError(f"{fn}: critic must return one score per sample, a float tensor of shape ({b},) or ({b}, 1), got {got}")
+        g = torch.autograd.grad(d.sum(), x_hat, create_graph=True, allow_unused=True)[0] if d.requires_grad else None
+    if g is None: g = torch.zeros_like(x_hat)          # a critic constant in its input: gradient 0
+    excess = torch.linalg.vector_norm(_rows(g), dim=1) - target            # the gradient of a sample is one vector
     return (torch.relu(excess) if one_sided else excess).pow(2).mean()
