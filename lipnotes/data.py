@@ -6,18 +6,21 @@
 __all__ = ['Split', 'digits', 'two_moons', 'gaussian_mixture', 'long_tailed']
 
 # %% ../nbs/00_data.ipynb #a002d18c
-import math
+import math, numbers
 from typing import NamedTuple
 import torch
 
 # %% ../nbs/00_data.ipynb #69bc52d5
-def _check_int(n, fname, argname, minimum):
-    if not isinstance(n, int) or isinstance(n, bool):
+def _check_int(n, fname, argname, minimum, maximum=None):
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool):
         raise TypeError(f"{fname}: {argname} must be an int, got {type(n).__name__}")
     if n < minimum: raise ValueError(f"{fname}: {argname} must be >= {minimum}, got {n}")
+    if maximum is not None and n > maximum: raise ValueError(f"{fname}: {argname} must be <= {maximum}, got {n}")
+
+def _check_seed(seed, fname): _check_int(seed, fname, 'seed', 0, 2**64 - 1)     # torch.Generator.manual_seed's range
 
 def _check_real(x, fname, argname, lo, hi, lo_open=False, hi_open=False):
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{fname}: {argname} must be a number, got {type(x).__name__}")
     ok = math.isfinite(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
     if not ok: raise ValueError(f"{fname}: {argname} must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {x}")
@@ -26,20 +29,52 @@ def _check_dtype(dtype, fname):
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"{fname}: dtype must be a floating torch.dtype, got {dtype!r}")
 
+def _as_float64(v, fname, argname):
+    "An array-like of finite real numbers as a float64 CPU tensor; complex, bool, meta and non-numeric input refused."
+    if isinstance(v, torch.Tensor) and v.is_meta: raise ValueError(f"{fname}: {argname} is a meta tensor, which holds no values")
+    try: t = torch.as_tensor(v)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{fname}: {argname} must be an array of real numbers, got {type(v).__name__}") from None
+    if t.is_complex() or t.dtype == torch.bool: raise TypeError(f"{fname}: {argname} must hold real numbers, got {t.dtype}")
+    t = t.detach().to('cpu', torch.float64)
+    if not torch.isfinite(t).all(): raise ValueError(f"{fname}: {argname} must be finite, got NaN or inf")
+    return t
+
+def _finite_in(x, dtype, fname, what):
+    "x cast to dtype, refused if the cast (or the draw) overflowed."
+    x = x.to(dtype)
+    if not torch.isfinite(x).all(): raise ValueError(f"{fname}: {what} gives points that are not finite in {dtype}")
+    return x
+
 # %% ../nbs/00_data.ipynb #a2f3bc44
-class Split(NamedTuple):
-    "A train/test split: features as float tensors, labels as int64 tensors."
+class _SplitFields(NamedTuple):
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+
+class Split(_SplitFields):
+    "A train/test split: features as float tensors of one dtype, labels as 1-D int64 tensors, one label per row; both non-empty."
+    __slots__ = ()
+    def __new__(cls, x_train, y_train, x_test, y_test):
+        for part, x, y in (('train', x_train, y_train), ('test', x_test, y_test)):
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1:
+                raise TypeError(f"Split: x_{part} must be a floating tensor with a batch dimension, got {getattr(x, 'dtype', type(x).__name__)}")
+            if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
+                raise TypeError(f"Split: y_{part} must be a 1-D int64 tensor, got {getattr(y, 'dtype', type(y).__name__)}")
+            if len(x) != len(y) or len(y) == 0:
+                raise ValueError(f"Split: x_{part} and y_{part} must have the same non-zero length, got {len(x)} and {len(y)}")
+        if x_train.dtype != x_test.dtype or x_train.shape[1:] != x_test.shape[1:]:
+            raise ValueError(f"Split: x_train and x_test must share dtype and feature shape, got {x_train.dtype} "
+                             f"{tuple(x_train.shape)} and {x_test.dtype} {tuple(x_test.shape)}")
+        return super().__new__(cls, x_train, y_train, x_test, y_test)
 
 # %% ../nbs/00_data.ipynb #aff6231d
 def digits(test_fraction: float = 0.2, seed: int = 0, images: bool = False, dtype: torch.dtype = torch.float32) -> Split:
     "scikit-learn's bundled 8x8 digits, split per class by `seed`, standardised with training statistics; (n, 64) or (n, 1, 8, 8)."
     fn = 'digits'
     _check_real(test_fraction, fn, 'test_fraction', 0, 1, lo_open=True, hi_open=True)
-    _check_int(seed, fn, 'seed', 0); _check_dtype(dtype, fn)
+    _check_seed(seed, fn); _check_dtype(dtype, fn)
     if not isinstance(images, bool): raise TypeError(f"{fn}: images must be a bool, got {type(images).__name__}")
     try:
         from sklearn.datasets import load_digits
@@ -47,12 +82,16 @@ def digits(test_fraction: float = 0.2, seed: int = 0, images: bool = False, dtyp
         raise ImportError("digits: needs scikit-learn (pip install scikit-learn, or lipnotes[dev])") from e
     data = load_digits()
     x, y = torch.as_tensor(data.data, dtype=torch.float64), torch.as_tensor(data.target, dtype=torch.int64)
+    counts = torch.bincount(y, minlength=10).tolist()
+    n_test = [round(test_fraction * c) for c in counts]                  # per class: the split is stratified
+    if any(t == 0 or t == c for t, c in zip(n_test, counts)):
+        raise ValueError(f"digits: test_fraction={test_fraction} leaves a class with no {'test' if 0 in n_test else 'training'} "
+                         f"example (class sizes {min(counts)} to {max(counts)}); every class needs both")
     g = torch.Generator().manual_seed(seed)
     test = torch.zeros(len(y), dtype=torch.bool)
     for c in range(10):
         idx = torch.nonzero(y == c).squeeze(1)
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        test[idx[:round(test_fraction * len(idx))]] = True
+        test[idx[torch.randperm(len(idx), generator=g)][:n_test[c]]] = True
     x_tr, x_te = x[~test], x[test]
     mean, std = x_tr.mean(0), x_tr.std(0)
     std = torch.where(std > 0, std, torch.ones_like(std))
@@ -65,7 +104,7 @@ def two_moons(n: int = 200, noise: float = 0.1, seed: int = 0, dtype: torch.dtyp
     "`n` points (half per class, class 0 first) on two interleaving half circles with Gaussian `noise`; returns (x, y)."
     fn = 'two_moons'
     _check_int(n, fn, 'n', 2); _check_real(noise, fn, 'noise', 0, math.inf, hi_open=True)
-    _check_int(seed, fn, 'seed', 0); _check_dtype(dtype, fn)
+    _check_seed(seed, fn); _check_dtype(dtype, fn)
     g = torch.Generator().manual_seed(seed)
     n0 = n // 2
     t = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
@@ -73,30 +112,29 @@ def two_moons(n: int = 200, noise: float = 0.1, seed: int = 0, dtype: torch.dtyp
     lower = torch.stack([1 - torch.cos(t[n0:]), 0.5 - torch.sin(t[n0:])], 1)
     x = torch.cat([upper, lower]) + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)
     y = torch.cat([torch.zeros(n0, dtype=torch.int64), torch.ones(n - n0, dtype=torch.int64)])
-    return x.to(dtype), y
+    return _finite_in(x, dtype, fn, f"noise={noise}"), y
 
 # %% ../nbs/00_data.ipynb #faf1ac74
 def gaussian_mixture(n: int, means, cov=None, priors=None, seed: int = 0, dtype: torch.dtype = torch.float32):
     "`n` points from the mixture sum_k priors[k] N(means[k], cov); labels drawn from `priors` (default uniform); returns (x, y)."
     fn = 'gaussian_mixture'
-    _check_int(n, fn, 'n', 1); _check_int(seed, fn, 'seed', 0); _check_dtype(dtype, fn)
-    means = torch.as_tensor(means, dtype=torch.float64)
+    _check_int(n, fn, 'n', 1); _check_seed(seed, fn); _check_dtype(dtype, fn)
+    means = _as_float64(means, fn, 'means')
     if means.dim() != 2 or means.shape[0] < 1 or means.shape[1] < 1:
         raise ValueError(f"{fn}: means must be a (classes, dim) array, got shape {tuple(means.shape)}")
     K, D = means.shape
-    if not torch.isfinite(means).all(): raise ValueError(f"{fn}: means contain NaN or Inf")
-    cov = torch.eye(D, dtype=torch.float64) if cov is None else torch.as_tensor(cov, dtype=torch.float64)
+    cov = torch.eye(D, dtype=torch.float64) if cov is None else _as_float64(cov, fn, 'cov')
     if cov.shape != (D, D): raise ValueError(f"{fn}: cov must be ({D}, {D}) to match means, got {tuple(cov.shape)}")
     L, info = torch.linalg.cholesky_ex(cov)
     if info != 0 or not torch.allclose(cov, cov.T): raise ValueError(f"{fn}: cov must be symmetric positive definite")
-    priors = torch.full((K,), 1.0 / K, dtype=torch.float64) if priors is None else torch.as_tensor(priors, dtype=torch.float64)
+    priors = torch.full((K,), 1.0 / K, dtype=torch.float64) if priors is None else _as_float64(priors, fn, 'priors')
     if priors.shape != (K,): raise ValueError(f"{fn}: priors must have one entry per class ({K}), got shape {tuple(priors.shape)}")
-    if not torch.isfinite(priors).all() or (priors < 0).any() or abs(priors.sum().item() - 1) > 1e-6:
+    if (priors < 0).any() or abs(priors.sum().item() - 1) > 1e-6:
         raise ValueError(f"{fn}: priors must be non-negative and sum to 1, got {priors.tolist()}")
     g = torch.Generator().manual_seed(seed)
     y = torch.multinomial(priors, n, replacement=True, generator=g)
     x = means[y] + torch.randn(n, D, generator=g, dtype=torch.float64) @ L.T
-    return x.to(dtype), y
+    return _finite_in(x, dtype, fn, "means and cov"), y
 
 # %% ../nbs/00_data.ipynb #28e67a48
 def long_tailed(dataset, imbalance: float, seed: int = 0):
@@ -108,20 +146,21 @@ def long_tailed(dataset, imbalance: float, seed: int = 0):
     x, y = dataset
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError(f"{fn}: dataset must hold two tensors (x, y), got {type(x).__name__} and {type(y).__name__}")
-    if y.dtype != torch.int64 or y.dim() != 1 or len(x) != len(y):
-        raise ValueError(f"{fn}: y must be 1-D int64 labels with one per row of x, got {y.dtype} of shape {tuple(y.shape)} "
-                         f"for x of shape {tuple(x.shape)}")
-    _check_real(imbalance, fn, 'imbalance', 1, math.inf); _check_int(seed, fn, 'seed', 0)
-    if len(y) == 0 or y.min() < 0: raise ValueError(f"{fn}: y must be non-empty labels 0..K-1")
+    if x.is_meta or y.is_meta: raise ValueError(f"{fn}: dataset holds a meta tensor, which has no labels to count")
+    if y.dtype != torch.int64 or y.dim() != 1 or x.dim() < 1 or len(x) != len(y):
+        raise ValueError(f"{fn}: y must be 1-D int64 labels with one per row of x (dataset = (x, y)), got {y.dtype} of shape "
+                         f"{tuple(y.shape)} for x of shape {tuple(x.shape)}")
+    _check_real(imbalance, fn, 'imbalance', 1, math.inf); _check_seed(seed, fn)
+    if len(y) == 0 or y.min() < 0: raise ValueError(f"{fn}: dataset's y must be non-empty labels 0..K-1")
     counts = torch.bincount(y)
     K = len(counts)
     if K < 2 or (counts == 0).any():
-        raise ValueError(f"{fn}: every class 0..{K - 1} needs examples (and K >= 2), got counts {counts.tolist()}")
+        raise ValueError(f"{fn}: every class 0..{K - 1} needs examples (and K >= 2) in dataset, got counts {counts.tolist()}")
     n_max = int(counts.min())
     g = torch.Generator().manual_seed(seed)
     keep = []
     for k in range(K):
-        n_k = max(1, math.floor(n_max * imbalance ** (-k / (K - 1)) + 1e-9))
+        n_k = max(1, math.floor(n_max * imbalance ** (-k / (K - 1)) + 1e-9))    # 1e-9: exact powers stay exact
         idx = (y == k).nonzero().flatten()
         keep.append(idx[torch.randperm(len(idx), generator=g)[:n_k]])
     keep = torch.cat(keep).sort().values

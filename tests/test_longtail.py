@@ -132,3 +132,35 @@ def test_longtail_rejects(call, exc, words):
     with pytest.raises(exc) as e:
         call()
     assert words in str(e.value)
+
+
+def test_module_rechecks_priors_after_load_and_tau_after_assignment():
+    "Issue 14 item 10: a zero prior loaded by load_state_dict gave an infinite loss, a negative tau set later was used."
+    m = LogitAdjustedLoss(P4)
+    with pytest.raises(ValueError, match=r"^LogitAdjustedLoss: priors contain zeros"):
+        m.load_state_dict({'priors': torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64)})
+    assert torch.equal(m.priors, P4) and torch.isfinite(m(X, T))
+    with pytest.raises(ValueError, match=r"^LogitAdjustedLoss: tau must be finite and >= 0"):
+        m.tau = -1.0
+    assert m.tau == 1.0
+    with torch.no_grad(): m.priors[3] = 0.0; m.priors[0] += 0.05              # edited in place: refused at the call
+    with pytest.raises(ValueError, match=r"^LogitAdjustedLoss: priors contain zeros"):
+        m(X, T)
+
+
+def test_nan_logits_are_refused_everywhere():
+    "Issue 14 item 11: NaN passed silently through logit_adjusted_loss and posthoc_adjust; per_class_error scored it."
+    x = X.clone(); x[2, 1] = float('nan')
+    for call, name in [(lambda: logit_adjusted_loss(x, T, P4), 'logit_adjusted_loss'), (lambda: posthoc_adjust(x, P4), 'posthoc_adjust'),
+                       (lambda: LogitAdjustedLoss(P4)(x, T), 'LogitAdjustedLoss'), (lambda: per_class_error(x, T, 4), 'per_class_error'),
+                       (lambda: balanced_error(x, T, 4), 'balanced_error')]:
+        with pytest.raises(ValueError, match=rf"^{name}: (pred )?logits contain NaN"):
+            call()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16])
+def test_narrow_targets_match_cross_entropy_with_int64(dtype):
+    "Issue 14 obscure errors: int32/int16 targets were accepted, then F.cross_entropy failed."
+    ref = F.cross_entropy(X + 0.3 * P4.log(), T)
+    assert torch.allclose(logit_adjusted_loss(X, T.to(dtype), P4, tau=0.3), ref, rtol=1e-12)
+    assert torch.allclose(LogitAdjustedLoss(P4, tau=0.3)(X, T.to(dtype)), ref, rtol=1e-12)
