@@ -23,6 +23,10 @@ def _check_float_tensor(x, fname, argname):
     if not x.is_floating_point():
         raise TypeError(f"{fname}: {argname} must have a floating dtype, got {x.dtype}")
 
+def _check_not_meta(x, fname, argname):
+    if x.is_meta:
+        raise ValueError(f"{fname}: {argname} is a meta tensor (a shape without values); a norm needs real data")
+
 def _check_positive_int(n, fname, argname):
     if not isinstance(n, int) or isinstance(n, bool):
         raise TypeError(f"{fname}: {argname} must be an int, got {type(n).__name__}")
@@ -39,51 +43,61 @@ def _matvec(W, x):
 
 _HALF = (torch.float16, torch.bfloat16)
 
+def _unit(x, keep=None):
+    "x / ||x|| along the last dimension, by the true norm; where x is exactly zero: `keep` (None: zero)."
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x / n.clamp_min(torch.finfo(x.dtype).tiny) if keep is None else torch.where(n > 0, x / n, keep)
+
 @torch.no_grad()
-def _power_steps(W, n_iter, u, eps, keep_on_zero=False):
-    """The iteration itself, without checks: returns (sigma, u, v). With `keep_on_zero`, a vector whose norm is <= eps
-    is replaced by the previous one (the uniform unit vector for the first v) instead of by zero. Half-precision
-    inputs are iterated in float32 (rounding every step to bfloat16's 8 significant bits can stall it on a wrong vector) and cast back."""
+def _power_steps(W, n_iter, u, eps=None, keep_on_zero=False, v0=None):
+    """The iteration itself, without checks: returns (sigma, u, v). Vectors are divided by their true norms, so `eps`
+    (kept for callers) changes nothing. With `keep_on_zero`, an exactly zero product leaves the previous vector in place
+    (for the first v: `v0` normalised, by default the uniform unit vector), so every vector stays a finite unit vector.
+    Half-precision inputs are iterated in float32 (rounding every step to bfloat16's 8 significant bits can stall it on a
+    wrong vector) and cast back."""
     if W.dtype in _HALF:
-        return tuple(t.to(W.dtype) for t in _power_steps(W.float(), n_iter, u.float(), eps, keep_on_zero))
+        v0 = None if v0 is None else v0.float()
+        return tuple(t.to(W.dtype) for t in _power_steps(W.float(), n_iter, u.float(), eps, keep_on_zero, v0))
     v = None
-    if keep_on_zero:                                         # unit fallbacks: the uniform vectors, and the start normalised
+    if keep_on_zero:
         v = torch.full(W.shape[:-2] + W.shape[-1:], W.shape[-1] ** -0.5, dtype=W.dtype, device=W.device)
-        nu = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
-        u = torch.where(nu > eps, u / nu.clamp_min(eps), torch.full_like(u, W.shape[-2] ** -0.5))
+        if v0 is not None: v = _unit(v0, v)
+        u = _unit(u, torch.full_like(u, W.shape[-2] ** -0.5))
     Wt = W.mT
     for _ in range(n_iter):
-        x = _matvec(Wt, u)
-        nx = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        v = torch.where(nx > eps, x / nx.clamp_min(eps), v) if keep_on_zero else x / nx.clamp_min(eps)
+        v = _unit(_matvec(Wt, u), v)
         t = _matvec(W, v)
         sigma = torch.linalg.vector_norm(t, dim=-1)          # = u_k^T W v_k for u_k = W v_k / ||W v_k||
         s = sigma.unsqueeze(-1)
-        u = torch.where(s > eps, t / s.clamp_min(eps), u) if keep_on_zero else t / s.clamp_min(eps)
+        u = torch.where(s > 0, t / s, u) if keep_on_zero else t / s.clamp_min(torch.finfo(t.dtype).tiny)
     return sigma, u, v
 
 # %% ../nbs/03_power_iteration.ipynb #702131c6
 def power_iteration(W: torch.Tensor, n_iter: int = 100, u: torch.Tensor | None = None, eps: float = 1e-12):
     """Spectral norm of `W` (m, n) or of each matrix in a batch (..., m, n) by `n_iter` steps from `u` (default: random);
-    returns (sigma, u, v). float16/bfloat16 inputs are iterated in float32 and the results cast back."""
-    _check_float_tensor(W, 'power_iteration', 'W')
+    returns (sigma, u, v). Vectors are divided by their true norms: `eps` (positive, kept for compatibility with torch's
+    signature) does not change the result. float16/bfloat16 inputs are iterated in float32 and the results cast back."""
+    fn = 'power_iteration'
+    _check_float_tensor(W, fn, 'W'); _check_not_meta(W, fn, 'W')
     if W.dim() < 2 or W.shape[-1] == 0 or W.shape[-2] == 0:
-        raise ValueError(f"power_iteration: W must be a non-empty matrix or batch of matrices (..., m, n), got shape {tuple(W.shape)}")
-    _check_positive_int(n_iter, 'power_iteration', 'n_iter')
-    _check_positive_float(eps, 'power_iteration', 'eps')
+        raise ValueError(f"{fn}: W must be a non-empty matrix or batch of matrices (..., m, n), got shape {tuple(W.shape)}")
+    _check_positive_int(n_iter, fn, 'n_iter'); _check_positive_float(eps, fn, 'eps')
     if u is None:
         u = torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device)
     else:
-        _check_float_tensor(u, 'power_iteration', 'u')
+        _check_float_tensor(u, fn, 'u')
         if u.shape != W.shape[:-1] or u.dtype != W.dtype or u.device != W.device:
-            raise ValueError(f"power_iteration: u must have shape {tuple(W.shape[:-1])}, dtype {W.dtype} and device {W.device} "
+            raise ValueError(f"{fn}: u must have shape {tuple(W.shape[:-1])}, dtype {W.dtype} and device {W.device} "
                              f"like W, got {tuple(u.shape)}, {u.dtype}, {u.device}")
+    if W.numel() == 0:                                       # an empty batch (0, m, n): empty results
+        return W.new_zeros(W.shape[:-2]), W.new_zeros(W.shape[:-1]), W.new_zeros(W.shape[:-2] + W.shape[-1:])
     sigma, u1, v1 = _power_steps(W, n_iter, u, eps)
     lo, hi = (sigma.item(),) * 2 if sigma.dim() == 0 else torch.stack(torch.aminmax(sigma)).tolist()   # one sync
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError("power_iteration: the estimate is not finite: W or u contains NaN or Inf (or W @ v overflows its dtype)")
-    if lo == 0:   # a zero matrix, or a start with no component in W's row space: rerun, keeping finite unit vectors
-        sigma, u1, v1 = _power_steps(W, n_iter, u, eps, keep_on_zero=True)
+        raise ValueError(f"{fn}: the estimate is not finite: W or u contains NaN or Inf (or W @ v overflows its dtype)")
+    if lo == 0:   # a zero matrix, or a start with no component in W's row space: rerun keeping unit vectors, random first v
+        v0 = torch.randn(W.shape[:-2] + W.shape[-1:], dtype=W.dtype, device=W.device)
+        sigma, u1, v1 = _power_steps(W, n_iter, u, eps, keep_on_zero=True, v0=v0)
     return sigma, u1, v1
 
 # %% ../nbs/03_power_iteration.ipynb #a68e97e1
@@ -124,14 +138,9 @@ class OperatorNorm(NamedTuple):
     v: torch.Tensor
     n_iter: int
 
-# %% ../nbs/03_power_iteration.ipynb #1a0b375c
-def conv_operator_norm(weight: torch.Tensor, input_shape, stride=1, padding=0, dilation=1, groups: int = 1,
-                       padding_mode: str = 'zeros', n_iter: int = 1000, tol: float = 1e-6, v: torch.Tensor | None = None):
-    "Operator norm of x -> conv2d(x, weight, ...) on inputs of shape `input_shape` (C, H, W), by power iteration."
-    fn = 'conv_operator_norm'
-    _check_float_tensor(weight, fn, 'weight')
-    if weight.dim() != 4 or weight.numel() == 0:
-        raise ValueError(f"{fn}: weight must be a non-empty 4-D conv2d kernel (out, in/groups, kh, kw), got shape {tuple(weight.shape)}")
+# %% ../nbs/03_power_iteration.ipynb #b7c4e2a1
+def _check_conv_input(fn, weight, input_shape, stride, padding, dilation, groups, padding_mode):
+    "Validate a conv2d geometry on inputs `input_shape` (C, H, W) for `weight`; returns the shape, stride, padding, dilation as tuples."
     if not (isinstance(input_shape, (tuple, list, torch.Size)) and len(input_shape) == 3):
         raise ValueError(f"{fn}: input_shape must be (C, H, W), got {input_shape!r}")
     C, H, W_ = _as_tuple(input_shape, 3, fn, 'input_shape')
@@ -141,7 +150,6 @@ def conv_operator_norm(weight: torch.Tensor, input_shape, stride=1, padding=0, d
     _check_positive_int(groups, fn, 'groups')
     if padding_mode not in ('zeros', 'circular'):
         raise ValueError(f"{fn}: padding_mode must be 'zeros' or 'circular', got {padding_mode!r}")
-    _check_positive_int(n_iter, fn, 'n_iter'); _check_positive_float(tol, fn, 'tol')
     if weight.shape[0] % groups:
         raise ValueError(f"{fn}: weight has {weight.shape[0]} output channels, not divisible by groups={groups}")
     if C != weight.shape[1] * groups:
@@ -151,21 +159,40 @@ def conv_operator_norm(weight: torch.Tensor, input_shape, stride=1, padding=0, d
         raise ValueError(f"{fn}: the {kh}x{kw} kernel (dilation {dilation}) does not fit an input of {H}x{W_} with padding {padding}")
     if padding_mode == 'circular' and (padding[0] > H or padding[1] > W_):
         raise ValueError(f"{fn}: circular padding {padding} is larger than the input {H}x{W_}")
+    return (C, H, W_), stride, padding, dilation
+
+# %% ../nbs/03_power_iteration.ipynb #1a0b375c
+def conv_operator_norm(weight: torch.Tensor, input_shape, stride=1, padding=0, dilation=1, groups: int = 1,
+                       padding_mode: str = 'zeros', n_iter: int = 1000, tol: float = 1e-6, v: torch.Tensor | None = None):
+    """Operator norm of x -> conv2d(x, weight, ...) on inputs of shape `input_shape` (C, H, W), by power iteration from `v`
+    (default: random); a zero start, or one the kernel maps to zero, is replaced once by a random start."""
+    fn = 'conv_operator_norm'
+    _check_float_tensor(weight, fn, 'weight'); _check_not_meta(weight, fn, 'weight')
+    if weight.dim() != 4 or weight.numel() == 0:
+        raise ValueError(f"{fn}: weight must be a non-empty 4-D conv2d kernel (out, in/groups, kh, kw), got shape {tuple(weight.shape)}")
+    shape, stride, padding, dilation = _check_conv_input(fn, weight, input_shape, stride, padding, dilation, groups, padding_mode)
+    _check_positive_int(n_iter, fn, 'n_iter'); _check_positive_float(tol, fn, 'tol')
     if not torch.isfinite(weight).all(): raise ValueError(f"{fn}: weight contains NaN or Inf")
     if v is not None:
-        _check_float_tensor(v, fn, 'v')
-        if v.shape != (C, H, W_): raise ValueError(f"{fn}: v must have shape {(C, H, W_)}, got {tuple(v.shape)}")
+        _check_float_tensor(v, fn, 'v'); _check_not_meta(v, fn, 'v')
+        if v.shape != shape: raise ValueError(f"{fn}: v must have shape {shape}, got {tuple(v.shape)}")
+        if not torch.isfinite(v).all(): raise ValueError(f"{fn}: v contains NaN or Inf")
     with torch.no_grad():
         w = weight.detach()
         if w.dtype in _HALF: w = w.float()                          # iterate half precision in float32, cast back at the end
-        forward, adjoint, _ = _conv_maps(w, (C, H, W_), stride, padding, dilation, groups, padding_mode)
-        x = (torch.randn(C, H, W_, dtype=w.dtype, device=w.device) if v is None else v.to(w)).unsqueeze(0)
-        x = x / torch.linalg.vector_norm(x).clamp_min(torch.finfo(w.dtype).tiny)
+        forward, adjoint, _ = _conv_maps(w, shape, stride, padding, dilation, groups, padding_mode)
+        random_start = lambda: torch.randn(1, *shape, dtype=w.dtype, device=w.device)
+        x, restarted = (random_start(), True) if v is None else (v.to(w).unsqueeze(0), False)
+        if not torch.linalg.vector_norm(x) > 0: x, restarted = random_start(), True    # a zero start carries no direction
+        x = x / torch.linalg.vector_norm(x)
         sigma_prev = None
         for k in range(1, n_iter + 1):
             y = forward(x)
             sigma = torch.linalg.vector_norm(y)
-            if sigma == 0: break                                    # x is in the kernel's null space or the kernel is 0
+            if sigma == 0:
+                if restarted: break                                 # a random start mapped to 0: the operator is 0
+                x, restarted, sigma_prev = random_start(), True, None   # the given start lies in the null space
+                x = x / torch.linalg.vector_norm(x); continue
             u = y / sigma
             x_next = adjoint(u)
             x = x_next / torch.linalg.vector_norm(x_next)
@@ -184,14 +211,17 @@ _WARMUP_STEPS = 15
 def spectral_penalty(model: nn.Module) -> torch.Tensor:
     "Sum over the weight matrices of `model` of sigma_1(W)^2 (Yoshida & Miyato), one power-iteration step per layer per call."
     total = 0
-    for _, m in _weight_layers(model, 'spectral_penalty'):
+    for name, m in _weight_layers(model, 'spectral_penalty'):
         W = _layer_matrix(m)
+        if not W.is_floating_point() or W.is_meta:
+            raise (ValueError if W.is_meta else TypeError)(
+                f"spectral_penalty: model's module {name!r} has a {'meta' if W.is_meta else W.dtype} weight; the penalty needs real floating values")
         uv = _PENALTY_VECTORS.get(m)
         if uv is not None and uv[0].shape == W.shape[:-1] and uv[1].shape == W.shape[-1:]:
             u, v = (t.to(W.detach()) for t in uv)
-            if m.training: _, u, v = _power_steps(W.detach(), 1, u, 1e-12, keep_on_zero=True)
+            if m.training: _, u, v = _power_steps(W.detach(), 1, u, keep_on_zero=True, v0=v)
         else:
-            _, u, v = _power_steps(W.detach(), _WARMUP_STEPS, torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device), 1e-12,
+            _, u, v = _power_steps(W.detach(), _WARMUP_STEPS, torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device),
                                    keep_on_zero=True)
         _PENALTY_VECTORS[m] = (u, v)
         total = total + (u @ W @ v) ** 2
@@ -215,20 +245,48 @@ def _conv2d_geometry(module, fname):
         pad = tuple(t // 2 for t in total)
     return tuple(module.stride), tuple(pad), tuple(module.dilation), module.groups, module.padding_mode
 
+# %% ../nbs/03_power_iteration.ipynb #c5d8f3b2
+def _unit_or_keep(x, keep):
+    "x / ||x|| (all entries); `keep` where x is exactly zero. For ||x|| > eps the same numbers as torch's F.normalize(x, eps=eps)."
+    n = torch.linalg.vector_norm(x)
+    return torch.where(n > 0, x / n, keep)
+
+def _check_sn_args(fn, weight, argname, n_power_iterations, mode, coeff, eps, exact, conv=None, input_shape=None):
+    "The checks shared by spectral_normalize and SpectralNormalization; errors name `fn`."
+    _check_float_tensor(weight, fn, argname); _check_not_meta(weight, fn, argname)
+    _check_positive_int(n_power_iterations, fn, 'n_power_iterations'); _check_positive_float(eps, fn, 'eps')
+    if coeff is not None: _check_positive_float(coeff, fn, 'coeff')
+    if mode not in ('matrix', 'operator'): raise ValueError(f"{fn}: mode must be 'matrix' or 'operator', got {mode!r}")
+    if not isinstance(exact, bool): raise TypeError(f"{fn}: exact must be a bool, got {type(exact).__name__}")
+    if exact and mode == 'operator':
+        raise ValueError(f"{fn}: exact=True computes the reshaped matrix's norm by SVD and needs mode='matrix'; "
+                         "for a conv operator raise n_power_iterations and check the result with conv_operator_norm")
+    if mode == 'operator':
+        if not (isinstance(conv, tuple) and len(conv) == 5) or weight.dim() != 4:
+            raise ValueError(f"{fn}: mode='operator' needs a 4-D Conv2d weight and its geometry conv=(stride, padding, dilation, groups, padding_mode)")
+        if input_shape is None:
+            raise ValueError(f"{fn}: mode='operator' needs input_shape=(C, H, W), the size of the images the layer sees")
+        _check_conv_input(fn, weight, input_shape, *conv)
+    elif input_shape is not None:
+        raise ValueError(f"{fn}: input_shape is only used with mode='operator'")
+    if not torch.isfinite(weight).all(): raise ValueError(f"{fn}: {argname!r} contains NaN or Inf")
+
 # %% ../nbs/03_power_iteration.ipynb #3a9ffc24
 class SpectralNormalization(nn.Module):
     "Parametrization W -> W / sigma (or W * min(1, coeff / sigma)), sigma the matrix or the conv-operator norm of W."
     def __init__(self, weight, n_power_iterations=1, mode='matrix', transposed=False, conv=None, input_shape=None,
                  coeff=None, eps=1e-12, warmup_tol=1e-7, max_warmup=20_000, exact=False):
         super().__init__()
-        self.n_power_iterations, self.mode, self.transposed, self.coeff, self.eps = n_power_iterations, mode, transposed, coeff, eps
-        self.exact = exact
+        _check_sn_args('SpectralNormalization', weight, 'weight', n_power_iterations, mode, coeff, eps, exact, conv, input_shape)
+        _check_positive_float(warmup_tol, 'SpectralNormalization', 'warmup_tol')
+        _check_positive_int(max_warmup, 'SpectralNormalization', 'max_warmup')
+        self.n_power_iterations, self.mode, self.transposed, self.coeff, self.eps = n_power_iterations, mode, bool(transposed), coeff, eps
+        self.exact, self.warmup_tol, self.max_warmup, self._stale = exact, warmup_tol, max_warmup, False
         with torch.no_grad():
             w = weight.detach()
             if mode == 'operator':
-                self.input_shape = tuple(input_shape)
-                _, _, out_shape = _conv_maps(w, self.input_shape, *conv)
-                self.conv = conv
+                self.input_shape, self.conv = tuple(input_shape), tuple(conv)
+                _, _, out_shape = _conv_maps(w, self.input_shape, *self.conv)
                 u, v = w.new_empty(out_shape).normal_(), w.new_empty(self.input_shape).normal_()
             elif w.dim() > 1 and not exact:
                 m = self._matrix(w)
@@ -237,8 +295,7 @@ class SpectralNormalization(nn.Module):
                 u = v = w.new_empty(0)                             # a vector's norm, or an SVD, needs no iteration
             self.register_buffer('_u', F.normalize(u.flatten(), dim=0, eps=eps).view_as(u))
             self.register_buffer('_v', F.normalize(v.flatten(), dim=0, eps=eps).view_as(v))
-            if w.dim() > 1 and not exact: self._warm_up(w, warmup_tol, max_warmup)
-
+            if w.dim() > 1 and not exact: self._warm_up(w)
     def _matrix(self, w):
         return (w.transpose(0, 1) if self.transposed else w).flatten(1)
 
@@ -250,24 +307,22 @@ class SpectralNormalization(nn.Module):
 
     @torch.no_grad()
     def _power_method(self, w, n):
+        "torch's update order, written in place (DataParallel replicas share the buffers); a zero product keeps the old vector."
         A = self._matrix(w) if self.mode == 'matrix' else w
         for _ in range(n):
-            if self.mode == 'matrix':                                        # torch's exact update order and in-place writes
-                self._u = F.normalize(torch.mv(A, self._v), dim=0, eps=self.eps, out=self._u)
-                self._v = F.normalize(torch.mv(A.H, self._u), dim=0, eps=self.eps, out=self._v)
-            else:
-                self._u.copy_(F.normalize(self._apply_op(A, self._v).flatten(), dim=0, eps=self.eps).view_as(self._u))
-                self._v.copy_(F.normalize(self._apply_op(A, self._u, adjoint=True).flatten(), dim=0, eps=self.eps).view_as(self._v))
+            self._u.copy_(_unit_or_keep(self._apply_op(A, self._v), self._u))
+            self._v.copy_(_unit_or_keep(self._apply_op(A, self._u, adjoint=True), self._v))
 
     @torch.no_grad()
-    def _warm_up(self, w, tol, max_steps):
-        "Power steps until sigma changes by less than tol * sigma over a 10-step round (sigma never decreases)."
+    def _warm_up(self, w):
+        "Power steps until sigma changes by less than warmup_tol * sigma over a 10-step round (sigma never decreases)."
         prev = self._sigma(w)
-        for _ in range(0, max_steps, 10):
+        for _ in range(0, self.max_warmup, 10):
             self._power_method(w, 10)
             s = self._sigma(w)
-            if s - prev <= tol * s: break
+            if s - prev <= self.warmup_tol * s: break
             prev = s
+        self._stale = not bool(s > 0)          # W = 0: the vectors know nothing yet; warm up again once W moves
 
     def _sigma(self, w):
         u, v = self._u.clone(memory_format=torch.contiguous_format), self._v.clone(memory_format=torch.contiguous_format)
@@ -281,7 +336,9 @@ class SpectralNormalization(nn.Module):
             m = self._matrix(weight)
             sigma = torch.linalg.matrix_norm(m.float() if m.dtype in _HALF else m, 2).to(weight.dtype)
         else:
-            if self.training: self._power_method(weight, self.n_power_iterations)
+            if self.training:
+                if getattr(self, '_stale', False): self._warm_up(weight.detach())
+                self._power_method(weight, self.n_power_iterations)
             sigma = self._sigma(weight)
         if self.coeff is None:
             return weight / sigma.clamp_min(self.eps)
@@ -290,14 +347,26 @@ class SpectralNormalization(nn.Module):
     def right_inverse(self, value):
         return value                                                        # like torch: assigning sets the raw weight
 
+# %% ../nbs/03_power_iteration.ipynb #d9e0a4c3
+def _check_operator_input(module, args):
+    "Forward pre-hook of a Conv2d normalised in operator mode: its sigma is the norm on one input size only."
+    if not (args and isinstance(args[0], torch.Tensor) and parametrize.is_parametrized(module, 'weight')): return
+    got = tuple(args[0].shape[-3:])
+    for p in module.parametrizations.weight:
+        if isinstance(p, SpectralNormalization) and p.mode == 'operator' and got != p.input_shape:
+            raise ValueError(f"spectral_normalize: this {type(module).__name__} was normalised with mode='operator' for "
+                             f"input_shape={p.input_shape}, and its norm on inputs of shape {got} is a different number; "
+                             "normalise a fresh layer with that input_shape")
+
 # %% ../nbs/03_power_iteration.ipynb #e98cd0dd
 def spectral_normalize(module: nn.Module, name: str = 'weight', n_power_iterations: int = 1, mode: str = 'matrix',
                        input_shape=None, coeff: float | None = None, eps: float = 1e-12,
                        exact: bool = False) -> nn.Module:
     """Register `SpectralNormalization` on `module.<name>`: divide by sigma (`coeff=None`) or cap it at `coeff`; sigma is the
-    reshaped-matrix norm (`mode='matrix'`, as torch) or the operator norm of a Conv2d on inputs `input_shape` (C, H, W);
-    sigma comes from `n_power_iterations` warm-started power steps per training forward, or with `exact=True` (matrix mode)
-    from an SVD at every forward, so that the normalised norm is 1 at every step and not only once the iteration catches up."""
+    reshaped-matrix norm (`mode='matrix'`, as torch) or the operator norm of a Conv2d on inputs `input_shape` (C, H, W),
+    which the layer then refuses inputs of any other size; sigma comes from `n_power_iterations` warm-started power steps
+    per training forward, or with `exact=True` (matrix mode) from an SVD at every forward, so that the normalised norm is 1
+    at every step and not only once the iteration catches up."""
     fn = 'spectral_normalize'
     if not isinstance(module, nn.Module): raise TypeError(f"{fn}: module must be a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(name, str): raise TypeError(f"{fn}: name must be a str, got {type(name).__name__}")
@@ -306,27 +375,14 @@ def spectral_normalize(module: nn.Module, name: str = 'weight', n_power_iteratio
         raise ValueError(f"{fn}: {type(module).__name__} has no tensor parameter {name!r}")
     if isinstance(weight, nn.parameter.UninitializedParameter):
         raise ValueError(f"{fn}: {name!r} is an uninitialised lazy parameter; run one forward pass first")
-    _check_float_tensor(weight, fn, name)
-    _check_positive_int(n_power_iterations, fn, 'n_power_iterations'); _check_positive_float(eps, fn, 'eps')
-    if coeff is not None: _check_positive_float(coeff, fn, 'coeff')
-    if mode not in ('matrix', 'operator'): raise ValueError(f"{fn}: mode must be 'matrix' or 'operator', got {mode!r}")
-    if not isinstance(exact, bool): raise TypeError(f"{fn}: exact must be a bool, got {type(exact).__name__}")
-    if exact and mode == 'operator':
-        raise ValueError(f"{fn}: exact=True computes the reshaped matrix's norm by SVD and needs mode='matrix'; "
-                         "for a conv operator raise n_power_iterations and check the result with conv_operator_norm")
-    if not torch.isfinite(weight).all(): raise ValueError(f"{fn}: {name!r} contains NaN or Inf")
     conv = None
     if mode == 'operator':
         if name != 'weight': raise ValueError(f"{fn}: mode='operator' normalises a Conv2d's 'weight', got name={name!r}")
         conv = _conv2d_geometry(module, fn)
-        if input_shape is None:
-            raise ValueError(f"{fn}: mode='operator' needs input_shape=(C, H, W), the size of the images the layer sees")
-        conv_operator_norm(weight.detach(), input_shape, *conv[:4], padding_mode=conv[4], n_iter=1)   # checks input_shape
-        input_shape = tuple(input_shape)
-    elif input_shape is not None:
-        raise ValueError(f"{fn}: input_shape is only used with mode='operator'")
+    _check_sn_args(fn, weight, name, n_power_iterations, mode, coeff, eps, exact, conv, input_shape)
     transposed = isinstance(module, nn.modules.conv._ConvTransposeNd) and name == 'weight'
     parametrize.register_parametrization(module, name, SpectralNormalization(
-        weight, n_power_iterations, mode, transposed, conv, input_shape, None if coeff is None else float(coeff), eps,
-        exact=exact))
+        weight, n_power_iterations, mode, transposed, conv, None if input_shape is None else tuple(input_shape),
+        None if coeff is None else float(coeff), eps, exact=exact))
+    if mode == 'operator': module.register_forward_pre_hook(_check_operator_input)
     return module

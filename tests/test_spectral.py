@@ -1,0 +1,182 @@
+"""lipnotes.spectral regressions (issue 14): zero-initialised spectrally normalised layers, conv_operator_norm restarts,
+operator mode refusing other input sizes, power_iteration's eps and empty batches, and the chapter's conv-norm claims,
+each against an independent reference (torch.linalg on a dense matrix of the operator)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lipnotes.spectral import conv_operator_norm, power_iteration, spectral_normalize
+
+
+def dense_conv(weight, shape, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros'):
+    "The matrix of x -> conv2d(x, weight) on (C, H, W) images, built by convolving every basis image (F.conv2d, F.pad)."
+    n = math.prod(shape)
+    x = torch.eye(n, dtype=weight.dtype).reshape(n, *shape)
+    if padding_mode == 'circular':
+        p = (padding, padding) * 2 if isinstance(padding, int) else (padding[1], padding[1], padding[0], padding[0])
+        x, padding = F.pad(x, p, mode='circular'), 0
+    return F.conv2d(x, weight, stride=stride, padding=padding, dilation=dilation, groups=groups).reshape(n, -1).T
+
+
+def true_norm(layer_weight):
+    return torch.linalg.matrix_norm(layer_weight.detach().flatten(1), 2).item()
+
+
+# ---- item 6: an all-zero weight -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("coeff", [None, 0.5])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_zero_initialised_linear_is_normalised_once_nonzero(coeff, optimizer):
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 4).double()
+    nn.init.zeros_(lin.weight)
+    spectral_normalize(lin, coeff=coeff)
+    assert torch.equal(lin.weight, torch.zeros(4, 6, dtype=torch.float64))          # W = 0: normalised weight 0, finite
+    sn = lin.parametrizations.weight[0]
+    assert torch.isfinite(sn._u).all() and torch.isfinite(sn._v).all()
+    assert math.isclose(sn._u.norm().item(), 1, rel_tol=1e-12) and math.isclose(sn._v.norm().item(), 1, rel_tol=1e-12)
+    opt = (torch.optim.SGD(lin.parameters(), lr=0.1) if optimizer == "sgd" else torch.optim.Adam(lin.parameters(), lr=0.1))
+    x, y = torch.randn(8, 6, dtype=torch.float64), torch.randn(8, 4, dtype=torch.float64)
+    loss = (lin(x) - y).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()
+    raw = lin.parametrizations.weight.original.detach()
+    assert raw.abs().max() > 0 and torch.isfinite(raw).all()
+    out = lin(x)                                                                      # training forward after the step
+    assert torch.isfinite(out).all()
+    sigma_raw = true_norm(raw)
+    target = 1.0 if coeff is None else min(1.0, coeff / sigma_raw) * sigma_raw
+    assert math.isclose(true_norm(lin.weight), target, rel_tol=1e-6), (true_norm(lin.weight), target)
+
+
+def test_zero_initialised_linear_trains_finitely():
+    torch.manual_seed(1)
+    lin = nn.Linear(5, 3).double()
+    nn.init.zeros_(lin.weight)
+    spectral_normalize(lin)
+    opt = torch.optim.Adam(lin.parameters(), lr=0.05)
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    for _ in range(20):
+        loss = (lin(x) - y).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()
+        assert torch.isfinite(loss)
+    lin(x)
+    assert math.isclose(true_norm(lin.weight), 1.0, rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("coeff", [None, 0.5])
+def test_zero_initialised_conv_operator_mode(coeff):
+    torch.manual_seed(2)
+    shape = (2, 6, 6)
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    nn.init.zeros_(conv.weight)
+    spectral_normalize(conv, mode='operator', input_shape=shape, coeff=coeff)
+    opt = torch.optim.Adam(conv.parameters(), lr=0.1)
+    x = torch.randn(4, *shape, dtype=torch.float64)
+    loss = -conv(x).pow(2).mean(); opt.zero_grad(); loss.backward(); opt.step()
+    assert torch.isfinite(conv(x)).all()
+    raw = conv.parametrizations.weight.original.detach()
+    op = lambda w: torch.linalg.matrix_norm(dense_conv(w, shape, padding=1), 2).item()
+    target = 1.0 if coeff is None else min(coeff, op(raw))
+    assert math.isclose(op(conv.weight.detach()), target, rel_tol=1e-6)
+
+
+# ---- item 7: conv_operator_norm from a zero, NaN or null-space start -------------------------------------------------
+def test_conv_operator_norm_zero_and_null_space_starts():
+    torch.manual_seed(3)
+    w = torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    ref = torch.linalg.matrix_norm(dense_conv(w, (3, 6, 6), padding=1), 2)
+    res = conv_operator_norm(w, (3, 6, 6), padding=1, v=torch.zeros(3, 6, 6, dtype=torch.float64), tol=1e-13, n_iter=20000)
+    assert torch.isclose(res.sigma, ref, rtol=1e-6)
+    # a horizontal difference kernel maps every image constant along rows to 0 (circular padding): a null-space start
+    k = torch.tensor([[[[1.0, -1.0]]]], dtype=torch.float64)
+    dense = dense_conv(k, (1, 4, 4), padding=(0, 1), padding_mode='circular')
+    ones = torch.ones(1, 4, 4, dtype=torch.float64)
+    assert torch.equal(dense @ ones.flatten(), torch.zeros(dense.shape[0], dtype=torch.float64))
+    res = conv_operator_norm(k, (1, 4, 4), padding=(0, 1), padding_mode='circular', v=ones, tol=1e-13, n_iter=20000)
+    assert torch.isclose(res.sigma, torch.linalg.matrix_norm(dense, 2), rtol=1e-6)
+    assert torch.isclose(torch.linalg.vector_norm(res.v), torch.tensor(1.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bad", [float('nan'), float('inf')])
+def test_conv_operator_norm_non_finite_start(bad):
+    v = torch.randn(3, 6, 6); v[0, 1, 2] = bad
+    with pytest.raises(ValueError, match="^conv_operator_norm: v contains NaN or Inf"):
+        conv_operator_norm(torch.randn(2, 3, 3, 3), (3, 6, 6), v=v)
+
+
+def test_conv_operator_norm_zero_kernel_is_zero():
+    res = conv_operator_norm(torch.zeros(2, 3, 3, 3), (3, 6, 6), v=torch.randn(3, 6, 6))
+    assert res.sigma == 0 and torch.isfinite(res.v).all()
+
+
+# ---- item 8: operator mode refuses other input sizes ----------------------------------------------------------------
+def test_operator_mode_refuses_other_input_sizes():
+    torch.manual_seed(4)
+    conv = spectral_normalize(nn.Conv2d(1, 2, 3, padding=1).double(), mode='operator', input_shape=(1, 4, 4))
+    conv(torch.randn(2, 1, 4, 4, dtype=torch.float64)); conv(torch.randn(1, 4, 4, dtype=torch.float64))   # batched, unbatched
+    w = conv.weight.detach()
+    on_32 = torch.linalg.matrix_norm(dense_conv(w, (1, 12, 12), padding=1), 2)
+    assert on_32 > 1.05                              # the norm normalised for 4x4 inputs does not hold for larger ones
+    for bad in [(2, 1, 32, 32), (1, 12, 12)]:
+        with pytest.raises(ValueError, match=r"^spectral_normalize: .*input_shape=\(1, 4, 4\).*\(1, " + str(bad[-1])):
+            conv(torch.randn(*bad, dtype=torch.float64))
+    conv.eval()
+    with pytest.raises(ValueError, match="^spectral_normalize: "):
+        conv(torch.randn(1, 1, 8, 8, dtype=torch.float64))
+
+
+def test_operator_mode_check_survives_deepcopy():
+    "(torch pickles parametrized modules only through state_dict, so deepcopy is the copy to check)"
+    import copy
+    conv = spectral_normalize(nn.Conv2d(1, 2, 3, padding=1), mode='operator', input_shape=(1, 5, 5))
+    clone = copy.deepcopy(conv)
+    clone(torch.randn(1, 1, 5, 5))
+    with pytest.raises(ValueError, match="^spectral_normalize: "):
+        clone(torch.randn(1, 1, 6, 6))
+
+
+def test_spectral_normalize_errors_name_it():
+    "input_shape is validated directly; the messages name spectral_normalize, not conv_operator_norm."
+    for kwargs, words in [(dict(input_shape=(1, 2, 2)), "does not fit"), (dict(input_shape=(1, 0, 5)), "input_shape"),
+                          (dict(input_shape=(1, 5)), "input_shape must be (C, H, W)"),
+                          (dict(input_shape=(1, 5.0, 5)), "input_shape")]:
+        with pytest.raises((ValueError, TypeError), match="^spectral_normalize: ") as e:
+            spectral_normalize(nn.Conv2d(1, 2, 3), mode='operator', **kwargs)
+        assert words in str(e.value)
+
+
+# ---- item 11: eps, empty batch, meta ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+@pytest.mark.parametrize("eps", [1e-300, 1e-12, 1.0, 1e10, 1e300])
+def test_power_iteration_eps_does_not_change_the_answer(scale, eps):
+    torch.manual_seed(5)
+    W = torch.randn(6, 5, dtype=torch.float64) * scale
+    u = torch.randn(6, dtype=torch.float64)
+    sigma, _, _ = power_iteration(W, n_iter=500, u=u, eps=eps)
+    assert torch.isclose(sigma, torch.linalg.matrix_norm(W, 2), rtol=1e-10)
+
+
+def test_power_iteration_empty_batch():
+    for shape in [(0, 3, 4), (2, 0, 3, 4)]:
+        sigma, u, v = power_iteration(torch.randn(shape, dtype=torch.float64))
+        assert sigma.shape == shape[:-2] and u.shape == shape[:-1] and v.shape == shape[:-2] + shape[-1:]
+        assert sigma.dtype == torch.float64
+        assert torch.equal(sigma, torch.linalg.matrix_norm(torch.randn(shape, dtype=torch.float64), 2))
+
+
+def test_power_iteration_null_space_start_with_null_uniform_fallback():
+    "W = e1 d^T with d orthogonal to the all-ones vector, started at e2: W^T u = 0 and W @ uniform = 0; still finds 1."
+    W = torch.zeros(3, 4, dtype=torch.float64); W[0] = torch.tensor([1.0, -1.0, 0, 0]) / 2 ** 0.5
+    u = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    sigma, _, _ = power_iteration(W, n_iter=50, u=u)
+    assert torch.isclose(sigma, torch.tensor(1.0, dtype=torch.float64))
+
+
+# ---- chapter claims ------------------------------------------------------------------------------------------------
+def test_two_forwards_share_one_backward():
+    "The vectors are cloned before use, so D(real) - D(fake) backpropagates (the chapter's claim)."
+    for layer in (spectral_normalize(nn.Linear(4, 3)),
+                  spectral_normalize(nn.Conv2d(1, 2, 3), mode='operator', input_shape=(1, 5, 5))):
+        shape = (2, 4) if isinstance(layer, nn.Linear) else (2, 1, 5, 5)
+        (layer(torch.randn(shape)).sum() - layer(torch.randn(shape)).sum()).backward()
+        assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
