@@ -46,17 +46,20 @@ def _per_example_shape(t, like):
     return t.reshape(-1, *([1] * (like.dim() - 1)))
 
 def _check_eps(eps, x, fname, argname='eps'):
-    "eps: a real number >= 0 (returned as a float), or a real tensor, one value >= 0 per example (shaped to broadcast)."
-    big = torch.finfo(x.dtype).max
+    """eps: a real number >= 0 (returned as a float), or a real tensor, one value >= 0 per example (shaped to broadcast).
+    With x None, only what does not depend on x is checked (before any work, where x is not known yet)."""
+    big = math.inf if x is None else torch.finfo(x.dtype).max
     if _is_real(eps):
         if not (math.isfinite(float(eps)) and 0 <= float(eps) <= big):
-            raise ValueError(f"{fname}: {argname} must be finite and >= 0 (and at most {big:.4g} in {x.dtype}), got {eps}")
+            raise ValueError(f"{fname}: {argname} must be finite and >= 0" + ("" if x is None else
+                             f" (and at most {big:.4g} in {x.dtype})") + f", got {eps}")
         return float(eps)
     if not isinstance(eps, torch.Tensor):
         raise TypeError(f"{fname}: {argname} must be a number or a tensor, got {type(eps).__name__}")
     if eps.dtype == torch.bool or eps.is_complex():
         raise TypeError(f"{fname}: {argname} must be a real number or a real (int or float) tensor, got dtype {eps.dtype}")
     _check_not_meta(eps, fname, argname)
+    if x is None: return None
     if eps.dim() > 1 or (eps.dim() == 1 and eps.shape[0] != x.shape[0]):
         raise ValueError(f"{fname}: {argname} must be a number or a tensor of shape ({x.shape[0]},), got shape {tuple(eps.shape)}")
     e = eps.detach().to(device=x.device, dtype=x.dtype)
@@ -242,7 +245,7 @@ def embedding_fgm(loss_fn, module: nn.Module, eps, norm=2) -> torch.Tensor:
     fn = 'embedding_fgm'
     if not callable(loss_fn): raise TypeError(f"{fn}: loss_fn must be callable with no arguments, got {type(loss_fn).__name__}")
     if not isinstance(module, nn.Module): raise TypeError(f"{fn}: module must be a torch.nn.Module, got {type(module).__name__}")
-    _check_norm(norm, fn)
+    _check_norm(norm, fn); _check_eps(eps, None, fn)            # what can be checked before the forward
     outputs = []
 
     def capture(m, inputs, out):

@@ -184,6 +184,15 @@ def test_perturb_output_removes_its_hook_after_a_refusal():
     assert len(net[0]._forward_hooks) == 0
 
 
+@pytest.mark.parametrize('eps', [-1.0, float('nan'), '0.1', torch.tensor(True), torch.tensor(1j)])
+def test_embedding_fgm_checks_eps_before_running_the_model(eps):
+    "A bad eps is refused before loss_fn() runs (no forward: no BatchNorm statistics updated, no time spent)."
+    calls = []
+    with pytest.raises((ValueError, TypeError), match='^embedding_fgm: eps'):
+        embedding_fgm(lambda: calls.append(1) or emb_loss(), emb, eps)
+    assert calls == []
+
+
 def test_embedding_fgm_scalar_loss_is_accepted():
     "A scalar loss (the sum) gives the same per-example direction as one loss per example."
     assert torch.allclose(embedding_fgm(lambda: emb(tokens).pow(2).sum(), emb, 0.3),
