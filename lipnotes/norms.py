@@ -95,6 +95,11 @@ def _max_abs_slope(fn, lo=-12.0, hi=12.0):
         lo, hi = x[i].item() - 2 * step, x[i].item() + 2 * step
     return d.abs().max().item() * (1 + 1e-9)                   # the grid's maximum, nudged up by the refinement's error
 
+def _overrides_forward(m):
+    "Whether `m`'s class replaces the forward of the torch.nn layer it derives from (then that layer's rule does not apply)."
+    base = next(c for c in type(m).__mro__ if c.__module__.startswith('torch.nn.modules'))
+    return base is not nn.Module and type(m).forward is not base.forward
+
 def _real(m, *names):
     "The settings `names` of module `m` as floats, or None if one is not a finite real number."
     vals = [getattr(m, n) for n in names]
@@ -151,6 +156,7 @@ def _cached_slope(key, fn):
 
 def _activation_rule(m, dtype=torch.float32):
     "(constant, None) for a known activation; (None, reason) for a known one with no sure constant; (None, None) if unknown."
+    if _overrides_forward(m): return None, f"its class {type(m).__name__} overrides torch's forward"
     if isinstance(m, _ONE_LIPSCHITZ): return 1.0, None
     if isinstance(m, nn.Sigmoid): return 0.25, None
     if isinstance(m, _SOFTMAX): return 0.5, None
@@ -201,6 +207,8 @@ def _module_lipschitz(module, name, fname, weight_bound, dtype=torch.float32):
     if module._forward_hooks or module._forward_pre_hooks:
         raise ValueError(f"{fname}: module '{name or type(module).__name__}' of model has forward hooks, which may change "
                          "what it computes; remove them or give the module a `lipschitz_constant` attribute")
+    if _overrides_forward(module):
+        raise ValueError(f"{fname}: cannot bound {where}: its class overrides torch's forward; give it a `lipschitz_constant`")
     if isinstance(module, _WEIGHT_LAYERS):
         b = weight_bound(module)
         if isinstance(module, nn.modules.conv._ConvNd):

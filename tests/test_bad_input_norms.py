@@ -53,6 +53,10 @@ class Doubled(nn.Sequential):
     def forward(self, x): return 2 * super().forward(x)
 
 
+class Big(nn.Linear):
+    def forward(self, x): return 100 * super().forward(x)
+
+
 def declared(c):
     block = nn.Sequential(nn.Linear(3, 3))
     block.lipschitz_constant = c
@@ -85,6 +89,7 @@ MODEL_CASES = [(fn, make, exc, frag) for fn in MODEL_FNS for make, exc, frag in 
     (lambda: nn.ModuleList([nn.Linear(2, 2)]), ValueError, "cannot bound module 'ModuleList' (ModuleList) of model"),
     (lambda: Doubled(nn.Linear(2, 2)), ValueError, "cannot bound module 'Doubled' (Doubled) of model"),
     (hooked, ValueError, "module '0' of model has forward hooks"),
+    (lambda: nn.Sequential(Big(3, 3)), ValueError, "module '0' (Big) of model: its class overrides torch's forward"),
     (lambda: mlp(nn.ELU(float('nan'))), ValueError, "(ELU) of model: alpha=nan must be finite"),
     (lambda: mlp(nn.ELU(float('inf'))), ValueError, "(ELU) of model: alpha=inf must be finite"),
     (lambda: mlp(nn.LeakyReLU(float('nan'))), ValueError, "(LeakyReLU) of model: negative_slope=nan must be finite"),

@@ -67,6 +67,35 @@ def test_sequential_with_own_forward_or_hooks_is_refused():
         handle.remove()
 
 
+def test_subclass_replacing_forward_is_not_its_base():
+    "A Linear or ReLU subclass that returns 100 times torch's output is refused; one that keeps torch's forward is accepted."
+    class Big(nn.Linear):
+        def forward(self, x): return 100 * super().forward(x)
+
+    class Loud(nn.ReLU):
+        def forward(self, x): return 100 * super().forward(x)
+
+    class Quiet(nn.ReLU):
+        pass
+    torch.manual_seed(0)
+    big = Big(3, 3).double()
+    assert dense_norm(big, (3,)) > torch.linalg.matrix_norm(big.weight).item()        # the old answer was too small
+    for net in (nn.Sequential(big), nn.Sequential(nn.Linear(3, 3), Loud())):
+        with pytest.raises(ValueError, match="of model: its class overrides torch's forward"):
+            frobenius_lipschitz_bound(net)
+    assert _activation_constant(Loud()) is None and _activation_constant(Quiet()) == 1.0
+
+
+def test_parametrized_layers_are_bounded_by_their_current_weight():
+    "torch's parametrizations (spectral_norm, orthogonal) keep Linear's forward: the bound holds against the dense Jacobian."
+    from torch.nn.utils.parametrizations import orthogonal, spectral_norm
+    torch.manual_seed(0)
+    for wrap in (spectral_norm, orthogonal):
+        net = nn.Sequential(wrap(nn.Linear(4, 4).double()), nn.Tanh(), nn.Linear(4, 2).double()).eval()
+        true = max(torch.linalg.matrix_norm(jacrev(net)(x), 2).item() for x in torch.randn(64, 4, dtype=F64))
+        assert true <= frobenius_lipschitz_bound(net).item() * (1 + 1e-12)
+
+
 def test_module_list_and_dict_are_refused():
     for m in (nn.ModuleList([nn.Linear(2, 2)]), nn.ModuleDict({'a': nn.Linear(2, 2)})):
         with pytest.raises(ValueError, match="cannot bound module"):
