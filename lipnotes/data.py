@@ -16,14 +16,16 @@ def _check_int(n, fname, argname, minimum, maximum=None):
         raise TypeError(f"{fname}: {argname} must be an int, got {type(n).__name__}")
     if n < minimum: raise ValueError(f"{fname}: {argname} must be >= {minimum}, got {n}")
     if maximum is not None and n > maximum: raise ValueError(f"{fname}: {argname} must be <= {maximum}, got {n}")
+    return int(n)                                                             # numpy integers become Python ints
 
-def _check_seed(seed, fname): _check_int(seed, fname, 'seed', 0, 2**64 - 1)     # torch.Generator.manual_seed's range
+def _check_seed(seed, fname): return _check_int(seed, fname, 'seed', 0, 2**64 - 1)    # torch.Generator.manual_seed's range
 
 def _check_real(x, fname, argname, lo, hi, lo_open=False, hi_open=False):
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{fname}: {argname} must be a number, got {type(x).__name__}")
     ok = math.isfinite(x) and (x > lo if lo_open else x >= lo) and (x < hi if hi_open else x <= hi)
     if not ok: raise ValueError(f"{fname}: {argname} must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {x}")
+    return float(x)
 
 def _check_dtype(dtype, fname):
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -73,8 +75,8 @@ class Split(_SplitFields):
 def digits(test_fraction: float = 0.2, seed: int = 0, images: bool = False, dtype: torch.dtype = torch.float32) -> Split:
     "scikit-learn's bundled 8x8 digits, split per class by `seed`, standardised with training statistics; (n, 64) or (n, 1, 8, 8)."
     fn = 'digits'
-    _check_real(test_fraction, fn, 'test_fraction', 0, 1, lo_open=True, hi_open=True)
-    _check_seed(seed, fn); _check_dtype(dtype, fn)
+    test_fraction = _check_real(test_fraction, fn, 'test_fraction', 0, 1, lo_open=True, hi_open=True)
+    seed = _check_seed(seed, fn); _check_dtype(dtype, fn)
     if not isinstance(images, bool): raise TypeError(f"{fn}: images must be a bool, got {type(images).__name__}")
     try:
         from sklearn.datasets import load_digits
@@ -103,8 +105,8 @@ def digits(test_fraction: float = 0.2, seed: int = 0, images: bool = False, dtyp
 def two_moons(n: int = 200, noise: float = 0.1, seed: int = 0, dtype: torch.dtype = torch.float32):
     "`n` points (half per class, class 0 first) on two interleaving half circles with Gaussian `noise`; returns (x, y)."
     fn = 'two_moons'
-    _check_int(n, fn, 'n', 2); _check_real(noise, fn, 'noise', 0, math.inf, hi_open=True)
-    _check_seed(seed, fn); _check_dtype(dtype, fn)
+    n, noise = _check_int(n, fn, 'n', 2), _check_real(noise, fn, 'noise', 0, math.inf, hi_open=True)
+    seed = _check_seed(seed, fn); _check_dtype(dtype, fn)
     g = torch.Generator().manual_seed(seed)
     n0 = n // 2
     t = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
@@ -118,7 +120,7 @@ def two_moons(n: int = 200, noise: float = 0.1, seed: int = 0, dtype: torch.dtyp
 def gaussian_mixture(n: int, means, cov=None, priors=None, seed: int = 0, dtype: torch.dtype = torch.float32):
     "`n` points from the mixture sum_k priors[k] N(means[k], cov); labels drawn from `priors` (default uniform); returns (x, y)."
     fn = 'gaussian_mixture'
-    _check_int(n, fn, 'n', 1); _check_seed(seed, fn); _check_dtype(dtype, fn)
+    n, seed = _check_int(n, fn, 'n', 1), _check_seed(seed, fn); _check_dtype(dtype, fn)
     means = _as_float64(means, fn, 'means')
     if means.dim() != 2 or means.shape[0] < 1 or means.shape[1] < 1:
         raise ValueError(f"{fn}: means must be a (classes, dim) array, got shape {tuple(means.shape)}")
@@ -150,7 +152,7 @@ def long_tailed(dataset, imbalance: float, seed: int = 0):
     if y.dtype != torch.int64 or y.dim() != 1 or x.dim() < 1 or len(x) != len(y):
         raise ValueError(f"{fn}: y must be 1-D int64 labels with one per row of x (dataset = (x, y)), got {y.dtype} of shape "
                          f"{tuple(y.shape)} for x of shape {tuple(x.shape)}")
-    _check_real(imbalance, fn, 'imbalance', 1, math.inf); _check_seed(seed, fn)
+    imbalance, seed = _check_real(imbalance, fn, 'imbalance', 1, math.inf), _check_seed(seed, fn)
     if len(y) == 0 or y.min() < 0: raise ValueError(f"{fn}: dataset's y must be non-empty labels 0..K-1")
     counts = torch.bincount(y)
     K = len(counts)

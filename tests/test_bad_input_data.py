@@ -128,6 +128,8 @@ def test_valid_edges_give_correct_results():
     for seed in (0, 2**64 - 1):                                           # the whole range torch's generator takes
         x, y = two_moons(50, seed=seed)
         assert x.shape == (50, 2) and torch.isfinite(x).all()
+    x, y = two_moons(np.int64(10), seed=np.uint64(3))                     # numpy integers are integers (torch's
+    assert torch.equal(x, two_moons(10, seed=3)[0])                       # generator refused np.uint64 before)
     x, y = two_moons(10, noise=1e300, dtype=torch.float64)                # huge but representable in float64
     assert torch.isfinite(x).all() and x.abs().max() > 1e299
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
