@@ -165,3 +165,16 @@ def test_spectral_normalize_train_eval_and_empty():
     assert math.isclose(torch.linalg.matrix_norm(lin.weight.detach(), 2).item(), 1, rel_tol=1e-6)
     empty = spectral_normalize(nn.Linear(0, 3))                                                # an empty weight stays empty
     assert empty.weight.shape == (3, 0) and torch.isfinite(empty(torch.randn(2, 0))).all()
+
+
+def test_spectral_normalize_non_contiguous_and_half_weights():
+    torch.manual_seed(2)
+    lin = nn.Linear(6, 5).double()
+    with torch.no_grad(): lin.weight = nn.Parameter(torch.randn(6, 5, dtype=torch.float64).T)   # non-contiguous (5, 6)
+    assert not lin.weight.is_contiguous()
+    spectral_normalize(lin)
+    assert math.isclose(torch.linalg.matrix_norm(lin.weight.detach(), 2).item(), 1, rel_tol=1e-6)
+    for dt in (torch.float16, torch.bfloat16):
+        half = spectral_normalize(nn.Linear(6, 5).to(dt))
+        w = half.weight.detach()
+        assert w.dtype == dt and math.isclose(torch.linalg.matrix_norm(w.float(), 2).item(), 1, rel_tol=3e-2)
