@@ -14,27 +14,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
-from .norms import _activation_constant, _NOT_LIPSCHITZ, _as_tuple, conv_overlap_factor
+from .norms import _activation_constant, _declared_constant, _NOT_LIPSCHITZ, _as_tuple, conv_overlap_factor
 from .spectral import (conv_operator_norm, _conv2d_geometry, _check_float_tensor, _check_positive_int,
                                _check_positive_float)
 
 # %% ../nbs/01_lipschitz.ipynb #521ef150
 def activation_lipschitz(module: nn.Module) -> float:
     "The Lipschitz constant sup|g'| of a known elementwise activation module (Softmax: 1/2); raises for any other module."
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"activation_lipschitz: module must be a torch.nn.Module, got {type(module).__name__}")
+    fn = 'activation_lipschitz'
+    if not isinstance(module, nn.Module): raise TypeError(f"{fn}: module must be a torch.nn.Module, got {type(module).__name__}")
     if isinstance(module, _NOT_LIPSCHITZ):
-        raise ValueError(f"activation_lipschitz: {type(module).__name__} jumps, so it has no Lipschitz constant")
+        raise ValueError(f"{fn}: {type(module).__name__} jumps, so the module has no Lipschitz constant")
+    ps = list(module.parameters())                                       # PReLU's slopes: real values, finite
+    if any(p.is_meta for p in ps): raise ValueError(f"{fn}: the module's parameters are meta tensors (they have no values)")
+    if any(p.is_complex() or not torch.isfinite(p).all() for p in ps):
+        raise ValueError(f"{fn}: the module's parameters are complex or contain NaN or Inf")
     if isinstance(module, (nn.Identity, nn.Flatten, nn.Unflatten)) or (c := _activation_constant(module)) is None:
-        raise ValueError(f"activation_lipschitz: {type(module).__name__} is not an activation this function knows; "
-                         "give it a `lipschitz_constant` attribute if you know its constant")
+        raise ValueError(f"{fn}: {type(module).__name__} is not an activation this function knows; "
+                         "give the module a `lipschitz_constant` attribute if you know its constant")
     return c
 
 # %% ../nbs/01_lipschitz.ipynb #f21fe519
 def _conv_torus_bound(weight, input_shape, stride, padding, dilation, groups, padding_mode):
-    """A certified upper bound on the operator norm of conv2d on (C, H, W) inputs, exact for circular padding with the stride
-    dividing H and W: embed the input in a torus, split the stride into polyphase channels, and take the largest singular
-    value of the kernel's Fourier transform over all frequencies of the torus."""
+    """A certified upper bound on the operator norm of conv2d on (C, H, W) inputs: embed the input in a torus, split the stride
+    into polyphase channels, take the largest singular value of the kernel's Fourier transform over the torus frequencies, times
+    sqrt(the most times one torus position is produced); exact for circular padding when every position is produced equally often."""
     w = weight.detach().double()
     co, cig, kh, kw = w.shape
     C = cig * groups
@@ -79,20 +83,19 @@ def _conv_torus_bound(weight, input_shape, stride, padding, dilation, groups, pa
 
 # %% ../nbs/01_lipschitz.ipynb #d87b09af
 _STRUCTURAL = (nn.Identity, nn.Flatten, nn.Unflatten)
-_POOL_LINEAR = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
 
 def _leaves(model, prefix=''):
-    "(name, module) of the layers of a (possibly nested) nn.Sequential; other modules are leaves."
-    if isinstance(model, nn.Sequential):
+    "(name, module) of the layers of a (possibly nested) nn.Sequential; other modules, and subclasses with their own forward, are leaves."
+    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
         for cname, child in model._modules.items():     # not named_children(), which skips a module used twice
             yield from _leaves(child, f"{prefix}.{cname}" if prefix else cname)
     else:
         yield prefix or type(model).__name__, model
 
 def _check_supported(name, m, fname):
-    "Raise, before any work, for a layer `lipschitz_upper_bound` cannot bound."
-    if hasattr(m, 'lipschitz_constant'): return
+    "Raise, before any work, for a layer `lipschitz_upper_bound` cannot bound (a declared constant must be a finite real >= 0)."
+    if hasattr(m, 'lipschitz_constant'): _declared_constant(m, name, fname); return
     if isinstance(m, _NOT_LIPSCHITZ):
         raise ValueError(f"{fname}: layer '{name}' ({type(m).__name__}) jumps, so the model has no Lipschitz constant")
     if isinstance(m, _BATCHNORM):
@@ -102,27 +105,22 @@ def _check_supported(name, m, fname):
         return
     if isinstance(m, nn.Conv2d) and not isinstance(m, nn.ConvTranspose2d):
         _conv2d_geometry(m, fname); return
-    if isinstance(m, (nn.Linear, nn.MaxPool2d, nn.MaxPool1d, nn.modules.dropout._DropoutNd) + _POOL_LINEAR + _STRUCTURAL):
-        return
+    if isinstance(m, _MAX_POOL) and m.return_indices:
+        raise ValueError(f"{fname}: the model's layer '{name}' ({type(m).__name__}) has return_indices=True, so it returns a tuple "
+                         "(values, indices), not a tensor the next layer can take")
+    if isinstance(m, (nn.Linear, nn.modules.dropout._DropoutNd) + _MAX_POOL + _AVG_POOL + _STRUCTURAL): return
     if _activation_constant(m) is not None: return
-    raise ValueError(f"{fname}: cannot bound layer '{name}' ({type(m).__name__}); supported: Linear, Conv2d, activations, "
-                     "pooling, Flatten, eval-mode BatchNorm, Dropout in an nn.Sequential, or a module with a "
-                     "`lipschitz_constant` attribute")
+    raise ValueError(f"{fname}: cannot bound layer '{name}' ({type(m).__name__}) of the model; supported: Linear, Conv2d, activations, "
+                     "1-D and 2-D max and average pooling, Flatten, eval-mode BatchNorm, Dropout in an nn.Sequential, "
+                     "or a module with a `lipschitz_constant` attribute")
 
-def _pool_matrix_norm(m, shape):
-    "Exact norm of a channel-wise linear pooling: the pooling of one channel as a dense matrix."
-    spatial = shape[1:]
-    n = math.prod(spatial)
-    basis = torch.eye(n, dtype=torch.float64).reshape(n, 1, *spatial)
-    with torch.no_grad(): P = m(basis).reshape(n, -1)
-    return torch.linalg.matrix_norm(P, 2).item()
-
-def _layer_constant(name, m, shape):
+# %% ../nbs/01_lipschitz.ipynb #layer0001
+def _layer_constant(name, m, shape, out_shape, fname):
     "(certified constant, power-iteration estimate or None) of one layer on inputs of `shape` (no batch dimension)."
-    if hasattr(m, 'lipschitz_constant'): return float(m.lipschitz_constant), None
+    if hasattr(m, 'lipschitz_constant'): return _declared_constant(m, name, fname), None
     if isinstance(m, nn.Linear): return torch.linalg.matrix_norm(m.weight.detach().double(), 2).item(), None
     if isinstance(m, nn.Conv2d):
-        geometry = _conv2d_geometry(m, 'lipschitz_upper_bound')
+        geometry = _conv2d_geometry(m, fname)
         bound = _conv_torus_bound(m.weight, shape, *geometry)
         est = conv_operator_norm(m.weight.detach().double(), shape, *geometry[:4], padding_mode=geometry[4], tol=1e-6,
                                  n_iter=2000).sigma.item()
@@ -131,9 +129,11 @@ def _layer_constant(name, m, shape):
         scale = (m.running_var.detach().double() + m.eps).rsqrt()
         if m.weight is not None: scale = scale * m.weight.detach().double()
         return scale.abs().max().item(), None
-    if isinstance(m, (nn.MaxPool1d, nn.MaxPool2d)):                 # each input lies in at most `overlap` windows
-        return conv_overlap_factor(m.kernel_size, m.stride, m.dilation), None
-    if isinstance(m, _POOL_LINEAR): return _pool_matrix_norm(m, shape), None
+    if isinstance(m, _MAX_POOL + _AVG_POOL):
+        if shape is not None: return _pool_constant(m, shape, out_shape, fname), None
+        d = 2 if isinstance(m, _POOL_2D) else 1                            # max pool, any input size: the most windows
+        k, s, dil = (_as_tuple(getattr(m, a), d, fname, a) for a in ('kernel_size', 'stride', 'dilation'))   # an int is d-D
+        return conv_overlap_factor(k, s, dil), None
     if isinstance(m, nn.modules.dropout._DropoutNd):
         return (1.0 / (1.0 - m.p) if m.training and m.p < 1 else 1.0), None
     if isinstance(m, _STRUCTURAL): return 1.0, None
@@ -147,58 +147,125 @@ class LayerBound(NamedTuple):
     constant: float
     estimate: float | None
 
-def lipschitz_upper_bound(model: nn.Module, input_shape=None, breakdown: bool = False):
-    """Certified bound on the L2 Lipschitz constant of an `nn.Sequential`: the product of exact per-layer constants (Conv2d
-    on inputs of `input_shape`, needed when there is a conv). Returns a float64 tensor, or (bound, [LayerBound]) with `breakdown`."""
-    fn = 'lipschitz_upper_bound'
+def _layer_shapes(layers, input_shape, tensors, fn):
+    "Each layer's (input, output) shape from a forward pass of zeros: every shape is checked before any norm is computed."
+    if input_shape is None: return [(None, None)] * len(layers)
+    if not isinstance(input_shape, (tuple, list, torch.Size)):
+        raise TypeError(f"{fn}: input_shape must be a tuple of ints (the shape of one example), got {input_shape!r}")
+    shape = _as_tuple(input_shape, len(input_shape), fn, 'input_shape')
+    dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+    x = torch.zeros(1, *shape, dtype=dtype, device=tensors[0].device if tensors else 'cpu')
+    shapes = []
+    for name, m in layers:
+        with torch.no_grad():
+            try: y = m(x)
+            except RuntimeError as e:
+                raise ValueError(f"{fn}: layer '{name}' does not accept the shape {tuple(x.shape[1:])} that "
+                                 f"input_shape={tuple(input_shape)} gives it ({e})") from None
+        if isinstance(m, _MAX_POOL) and torch.isinf(y).any():              # a window of padding only: -inf whatever x is
+            raise ValueError(f"{fn}: layer '{name}' has a window that reads only padding at input_shape={tuple(input_shape)}")
+        shapes.append((tuple(x.shape[1:]), tuple(y.shape[1:]))); x = y
+    return shapes
+
+# %% ../nbs/01_lipschitz.ipynb #upper0002
+def _upper_bound(model, input_shape, breakdown, fn):
     if not isinstance(model, nn.Module): raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     layers = list(_leaves(model))
     for name, m in layers: _check_supported(name, m, fn)
-    params = [p for p in model.parameters()]
-    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in params):
+    tensors = list(model.parameters()) + list(model.buffers())
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in tensors):
         raise ValueError(f"{fn}: the model has uninitialised lazy parameters; run one forward pass first")
-    if any(not torch.isfinite(p).all() for p in params): raise ValueError(f"{fn}: the model's parameters contain NaN or Inf")
-    needs_shape = any(isinstance(m, (nn.Conv2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AdaptiveAvgPool1d))
-                      and not hasattr(m, 'lipschitz_constant') for _, m in layers)
-    if input_shape is None and needs_shape:
-        raise ValueError(f"{fn}: the model has Conv2d or average-pooling layers, whose norm depends on the input size; "
-                         "pass input_shape (the shape of one example, e.g. (C, H, W))")
-    device = params[0].device if params else torch.device('cpu')
-    x = None
-    if input_shape is not None:
-        if not isinstance(input_shape, (tuple, list, torch.Size)):
-            raise TypeError(f"{fn}: input_shape must be a tuple of ints (the shape of one example), got {input_shape!r}")
-        shape = _as_tuple(input_shape, len(input_shape), fn, 'input_shape')
-        dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
-        x = torch.zeros(1, *shape, dtype=dtype, device=device)
-    shapes = []                                             # each layer's input shape, checked before any norm is computed
-    for name, m in layers:
-        shapes.append(tuple(x.shape[1:]) if x is not None else None)
-        if x is not None:
-            with torch.no_grad():
-                try: x = m(x)
-                except RuntimeError as e:
-                    raise ValueError(f"{fn}: layer '{name}' does not accept the shape {tuple(x.shape[1:])} that "
-                                     f"input_shape={tuple(input_shape)} gives it ({e})") from None
+    if any(t.is_complex() for t in tensors): raise TypeError(f"{fn}: the model has complex parameters; only real networks are bounded")
+    if any(t.is_meta for t in tensors): raise ValueError(f"{fn}: the model's parameters are meta tensors (they have no values)")
+    if any(not torch.isfinite(p).all() for p in tensors): raise ValueError(f"{fn}: the model's parameters contain NaN or Inf")
+    if input_shape is None and any(isinstance(m, _NEEDS_SHAPE) and not hasattr(m, 'lipschitz_constant') for _, m in layers):
+        raise ValueError(f"{fn}: the model has Conv2d, average-pooling or adaptive pooling layers, whose norm depends on the "
+                         "input size; pass input_shape (the shape of one example, e.g. (C, H, W))")
+    shapes = _layer_shapes(layers, input_shape, tensors, fn)
     rows, total = [], 1.0
-    for (name, m), shape in zip(layers, shapes):
-        constant, estimate = _layer_constant(name, m, shape)
+    for (name, m), (shape, out_shape) in zip(layers, shapes):
+        constant, estimate = _layer_constant(name, m, shape, out_shape, fn)
         rows.append(LayerBound(name, type(m).__name__, constant, estimate)); total *= constant
-    bound = torch.tensor(total, dtype=torch.float64, device=device)
+    bound = torch.tensor(total, dtype=torch.float64, device=tensors[0].device if tensors else 'cpu')
     return (bound, rows) if breakdown else bound
 
+def lipschitz_upper_bound(model: nn.Module, input_shape=None, breakdown: bool = False):
+    """Certified bound on the L2 Lipschitz constant of an `nn.Sequential`: the product of exact per-layer constants (Conv2d
+    and pooling on inputs of `input_shape`, needed when there is one). Returns a float64 tensor, or (bound, [LayerBound])."""
+    if not isinstance(breakdown, bool):
+        raise TypeError(f"lipschitz_upper_bound: breakdown must be a bool, got {type(breakdown).__name__}")
+    return _upper_bound(model, input_shape, breakdown, 'lipschitz_upper_bound')
+
+# %% ../nbs/01_lipschitz.ipynb #pool0001
+_MAX_POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+_AVG_POOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_ADAPTIVE = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+_POOL_2D = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_NEEDS_SHAPE = (nn.Conv2d,) + _AVG_POOL + _ADAPTIVE                       # their constant depends on the input size
+
+def _pool_axes(m, in_shape, out_shape, fname):
+    """(scale, [P_a]): the pooling layer `m` on one channel is scale * kron(P_h, P_w) (one factor for a 1-D pool), P_a the
+    (n_out, n_in) matrix of the pool along one axis, from torch's own kernel on an identity basis: O(n^2) memory, not O((HW)^2)."""
+    d = 2 if isinstance(m, _POOL_2D) else 1
+    geometry = lambda *names: (_as_tuple(getattr(m, k), d, fname, k, minimum=0) for k in names)
+    mats, scale = [], 1.0
+    for a, (n, n_out) in enumerate(zip(in_shape[-d:], out_shape[-d:])):
+        basis = torch.eye(n, dtype=torch.float64).reshape(n, 1, n, 1)
+        if isinstance(m, _ADAPTIVE):                                     # windows [floor(i n/o), ceil((i+1) n/o))
+            P = F.adaptive_avg_pool2d(basis, (n_out, 1))
+        elif isinstance(m, _AVG_POOL):
+            k, s, p = (t[a] for t in geometry('kernel_size', 'stride', 'padding'))
+            div = getattr(m, 'divisor_override', None)                   # a constant divisor: sum along each axis, divide once
+            P = F.avg_pool2d(basis, (k, 1), (s, 1), (p, 0), m.ceil_mode, m.count_include_pad, 1 if div else None)
+            if div and a == 0: scale /= div
+        else:                                                            # max pool: the inputs each window reads
+            k, s, p, dil = (t[a] for t in geometry('kernel_size', 'stride', 'padding', 'dilation'))
+            P = torch.zeros(n, 1, n_out, 1, dtype=torch.float64)
+            for i in range(n_out):
+                P[[r for r in range(s * i - p, s * i - p + dil * k, dil) if 0 <= r < n], 0, i, 0] = 1.0
+        mats.append(P.reshape(n, n_out).T)
+    return scale, mats
+
+def _pool_constant(m, in_shape, out_shape, fname='lipschitz_upper_bound'):
+    "Exact Lipschitz constant of a pooling layer on inputs of `in_shape`: prod ||P_a||_2 (average), sqrt(most windows on one input) (max)."
+    scale, mats = _pool_axes(m, in_shape, out_shape, fname)
+    if isinstance(m, _AVG_POOL): return scale * math.prod(torch.linalg.matrix_norm(P, 2).item() for P in mats)
+    if any((P.sum(1) == 0).any() for P in mats):                          # that window outputs -inf whatever the input
+        raise ValueError(f"{fname}: {type(m).__name__} has a window that reads only padding on inputs of shape {tuple(in_shape)}")
+    return math.sqrt(math.prod(int((P > 0).sum(0).max()) for P in mats))
+
 # %% ../nbs/01_lipschitz.ipynb #ec548944
-def _check_function(f, x, fname, argname='f'):
+def _check_function(f, x, fname, argname='f', allow_empty=False):
+    "Refuse, before any work, what the Jacobian computations cannot take; False for an empty batch where `allow_empty`."
     if not callable(f): raise TypeError(f"{fname}: {argname} must be callable (a model or a function), got {type(f).__name__}")
     _check_float_tensor(x, fname, 'x')
-    if x.dim() < 2 or x.shape[0] == 0:
+    if x.is_meta: raise ValueError(f"{fname}: x is a meta tensor (it has no values); pass real data")
+    if x.dim() < 2 or (x.shape[0] == 0 and not allow_empty):
         raise ValueError(f"{fname}: x must be a non-empty batch (batch, ...) of examples, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0: return False
     if not torch.isfinite(x).all(): raise ValueError(f"{fname}: x contains NaN or Inf")
     if isinstance(f, nn.Module):
         bad = [type(m).__name__ for m in f.modules() if m.training and isinstance(m, (_BATCHNORM, nn.modules.dropout._DropoutNd))]
         if bad: raise ValueError(f"{fname}: {argname} has {bad[0]} in training mode, so it is not one function of x; "
                                  f"call {argname}.eval()")
+    return True
 
+def _check_call(f, x, fname, argname='f'):
+    "f's parameters on x's dtype and device (nothing is cast silently), and f(x[:1]) one floating tensor: checked before any work."
+    if isinstance(f, nn.Module):
+        t = next((t for t in list(f.parameters()) + list(f.buffers()) if t.is_floating_point()
+                  and (t.dtype != x.dtype or t.device != x.device)), None)
+        if t is not None:
+            raise ValueError(f"{fname}: x is {x.dtype} on {x.device} but {argname} has parameters of {t.dtype} on {t.device}; "
+                             f"cast one to the other, e.g. x.to({t.dtype})")
+    with torch.no_grad():
+        try: out = f(x[:1])
+        except RuntimeError as e: raise ValueError(f"{fname}: {argname} fails on an example of x (input_shape {tuple(x.shape[1:])}): {e}") from None
+    if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+        got = out.dtype if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TypeError(f"{fname}: {argname} must return one floating-point tensor, got {got}; select it, e.g. lambda x: f(x)[0]")
+
+# %% ../nbs/01_lipschitz.ipynb #jacpow01
 def _single(f):
     "f on one example (no batch dimension), for vmap."
     return lambda xi: f(xi.unsqueeze(0)).squeeze(0)
@@ -227,10 +294,14 @@ def _jacobian_power(f, x, v, n_iter):
 def jacobian_spectral_norm(f, x: torch.Tensor, n_iter: int = 50, v: torch.Tensor | None = None) -> torch.Tensor:
     "||J_f(x_i)||_2 for each example x_i of the batch `x`, by `n_iter` power steps (jvp, vjp) on J^T J, vectorised with vmap."
     fn = 'jacobian_spectral_norm'
-    _check_function(f, x, fn); _check_positive_int(n_iter, fn, 'n_iter')
+    nonempty = _check_function(f, x, fn, allow_empty=True); _check_positive_int(n_iter, fn, 'n_iter')
     if v is None: v = torch.randn_like(x)
-    elif not isinstance(v, torch.Tensor) or v.shape != x.shape:
-        raise ValueError(f"{fn}: v must be a tensor of the shape of x {tuple(x.shape)}")
+    else:
+        _check_float_tensor(v, fn, 'v')
+        if v.shape != x.shape: raise ValueError(f"{fn}: v must be a tensor of the shape of x {tuple(x.shape)}, got {tuple(v.shape)}")
+        if nonempty and not torch.isfinite(v).all(): raise ValueError(f"{fn}: v contains NaN or Inf")
+    if not nonempty: return x.new_zeros(0)                               # an empty batch has an empty answer
+    _check_call(f, x, fn)
     return _jacobian_power(f, x, v.to(x), n_iter)[0]
 
 # %% ../nbs/01_lipschitz.ipynb #173d2305
@@ -259,23 +330,18 @@ def _smoothed_copy(f):
                 s = _SmoothedReLU(child); setattr(m, cname, s); swapped.append(s)
     return g, swapped
 
-# %% ../nbs/01_lipschitz.ipynb #35c529d7
-class LowerBound(NamedTuple):
-    "Result of `lipschitz_lower_bound`: the best ||J_f(x)||_2 found, the point, and the best over the starting points."
-    value: torch.Tensor
-    point: torch.Tensor
-    start_value: torch.Tensor
-
-def lipschitz_lower_bound(f, x: torch.Tensor, steps: int = 100, lr: float = 0.1, n_iter: int = 5,
-                          beta: tuple = (1.0, 100.0)) -> LowerBound:
-    """Sound lower bound on Lip(f): gradient ascent on ||J_f|| from each example of `x`, with directions from a copy of `f`
-    whose ReLU-type activations are softplus with beta growing geometrically over `beta`; every value is a true ||J_f(x) v||."""
-    fn = 'lipschitz_lower_bound'
-    _check_function(f, x, fn); _check_positive_int(steps, fn, 'steps'); _check_positive_int(n_iter, fn, 'n_iter')
+# %% ../nbs/01_lipschitz.ipynb #ascent01
+def _check_ascent(f, x, steps, lr, n_iter, beta, fn, argname='f'):
+    "Every argument of `lipschitz_lower_bound` checked, naming the public function `fn`."
+    _check_function(f, x, fn, argname); _check_positive_int(steps, fn, 'steps'); _check_positive_int(n_iter, fn, 'n_iter')
     _check_positive_float(lr, fn, 'lr')
     if not (isinstance(beta, (tuple, list)) and len(beta) == 2 and all(isinstance(b, (int, float)) and not isinstance(b, bool)
                                                                         and 0 < b < math.inf for b in beta)):
         raise ValueError(f"{fn}: beta must be a pair (start, end) of positive numbers, got {beta!r}")
+    _check_call(f, x, fn, argname)
+
+def _ascend(f, x, steps, lr, n_iter, beta, fn):
+    "The ascent of `lipschitz_lower_bound` on checked arguments."
     smooth, swapped = _smoothed_copy(f)
     s1 = _single(smooth)
     def ascent_direction(xi, vi):                           # d/dx ||J_smooth(x) v|| at fixed v (Danskin: the gradient of sigma_1)
@@ -303,6 +369,21 @@ def lipschitz_lower_bound(f, x: torch.Tensor, steps: int = 100, lr: float = 0.1,
     if not torch.isfinite(value): raise ValueError(f"{fn}: ||J_f|| is not finite at the points reached; f overflows")
     return LowerBound(value, best_x[i], start)
 
+# %% ../nbs/01_lipschitz.ipynb #35c529d7
+class LowerBound(NamedTuple):
+    "Result of `lipschitz_lower_bound`: the best ||J_f(x)||_2 found, the point, and the best over the starting points."
+    value: torch.Tensor
+    point: torch.Tensor
+    start_value: torch.Tensor
+
+def lipschitz_lower_bound(f, x: torch.Tensor, steps: int = 100, lr: float = 0.1, n_iter: int = 5,
+                          beta: tuple = (1.0, 100.0)) -> LowerBound:
+    """Sound lower bound on Lip(f): gradient ascent on ||J_f|| from each example of `x`, with directions from a copy of `f`
+    whose ReLU-type activations are softplus with beta growing geometrically over `beta`; every value is a true ||J_f(x) v||."""
+    fn = 'lipschitz_lower_bound'
+    _check_ascent(f, x, steps, lr, n_iter, beta, fn)
+    return _ascend(f, x, steps, lr, n_iter, beta, fn)
+
 # %% ../nbs/01_lipschitz.ipynb #5e760899
 class Certificate(NamedTuple):
     "Result of `certify`: a sound lower bound, a certified upper bound, their ratio, and the point of the lower bound."
@@ -311,10 +392,14 @@ class Certificate(NamedTuple):
     ratio: torch.Tensor
     point: torch.Tensor
 
-def certify(model: nn.Module, x: torch.Tensor, input_shape=None, **lower_kwargs) -> Certificate:
-    "Lower (`lipschitz_lower_bound` from the examples `x`) and upper (`lipschitz_upper_bound`) bounds on Lip(model), with upper/lower."
-    if input_shape is None and isinstance(x, torch.Tensor) and x.dim() >= 2: input_shape = tuple(x.shape[1:])
-    upper = lipschitz_upper_bound(model, input_shape)
-    low = lipschitz_lower_bound(model, x, **lower_kwargs)
+def certify(model: nn.Module, x: torch.Tensor, input_shape=None, steps: int = 100, lr: float = 0.1, n_iter: int = 5,
+            beta: tuple = (1.0, 100.0)) -> Certificate:
+    """Lower (`lipschitz_lower_bound` from the examples `x`, with `steps`, `lr`, `n_iter`, `beta`) and upper
+    (`lipschitz_upper_bound` on inputs of `input_shape`, default x's) bounds on Lip(model), with upper/lower. Errors name `certify`."""
+    fn = 'certify'
+    if not isinstance(model, nn.Module): raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_ascent(model, x, steps, lr, n_iter, beta, fn, argname='model')            # every check before any work
+    upper = _upper_bound(model, tuple(x.shape[1:]) if input_shape is None else input_shape, False, fn)
+    low = _ascend(model, x, steps, lr, n_iter, beta, fn)
     lower = low.value.detach().to(upper)
     return Certificate(lower, upper, upper / lower if lower > 0 else torch.tensor(math.inf, dtype=torch.float64), low.point)

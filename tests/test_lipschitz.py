@@ -221,3 +221,167 @@ def test_a_layer_used_twice_counts_twice():
     assert frobenius_lipschitz_bound(net).item() == pytest.approx(12.0)        # ||2I||_F^2 = 12 >= 4
     J = jacrev(lambda z: net(z.unsqueeze(0))[0])(torch.ones(3))
     assert torch.linalg.matrix_norm(J, 2).item() == pytest.approx(4.0)        # attained where the ReLU is on
+
+
+# --- issue 14: pooling geometries, declared constants, the Fourier bound's exactness condition -------------------------
+def _dense_norm(layer, shape):
+    "||J|| of a layer on one example of `shape`, from the dense Jacobian (torch.func.jacrev at 0; exact for a linear layer)."
+    J = jacrev(lambda z: layer(z.unsqueeze(0))[0])(torch.zeros(shape, dtype=torch.float64))
+    return torch.linalg.matrix_norm(J.reshape(-1, math.prod(shape)), 2).item()
+
+
+def _spike_ratio(layer, shape, pixel):
+    "||layer(e) - layer(0)|| / ||e|| for e the unit spike at `pixel`: a ratio one pair of inputs attains."
+    e = torch.zeros(1, *shape, dtype=torch.float64); e[(0,) + pixel] = 1.0
+    with torch.no_grad(): return torch.linalg.vector_norm(layer(e) - layer(torch.zeros_like(e))).item()
+
+
+@pytest.mark.parametrize("pool, shape, pixel, attained", [
+    (nn.MaxPool2d(3, stride=1), (1, 5, 5), (0, 2, 2), 3.0),         # the centre lies in all 9 windows
+    (nn.MaxPool2d(3, 2, 1), (1, 8, 8), (0, 1, 1), 2.0),             # ResNet stem: pixel (1, 1) lies in 2 x 2 windows
+])
+def test_max_pool_int_arguments_are_two_dimensional(pool, shape, pixel, attained):
+    "Issue 14 item 1: an int kernel/stride is 2-D; the old code read it as 1-D and certified sqrt(3), sqrt(2) below 3, 2."
+    assert _spike_ratio(pool.double(), shape, pixel) == pytest.approx(attained, abs=1e-12)
+    for input_shape in (shape, None):                               # exact on this size; for every size without input_shape
+        assert lipschitz_upper_bound(nn.Sequential(pool), input_shape).item() >= attained * (1 - 1e-12)
+    assert lipschitz_upper_bound(nn.Sequential(pool), shape).item() == pytest.approx(attained, abs=1e-12)
+
+
+def test_max_pool_constant_is_attained_in_every_geometry():
+    "sqrt(most windows on one pixel) is attained by a spike and never exceeded by random pairs (padding, dilation, ceil_mode)."
+    torch.manual_seed(0)
+    for pool, shape in [(nn.MaxPool2d((3, 2), (2, 1), (1, 1), (1, 2), ceil_mode=True), (1, 7, 6)),
+                        (nn.MaxPool2d(2, 1, 1, 2), (2, 5, 5)), (nn.MaxPool1d(4, 1, 2, ceil_mode=True), (3, 9)),
+                        (nn.AdaptiveMaxPool2d((4, 3)), (1, 7, 5)), (nn.AdaptiveMaxPool1d(6), (2, 4))]:
+        pool = pool.double()
+        c = lipschitz_upper_bound(nn.Sequential(pool), shape).item()
+        best = max(_spike_ratio(pool, shape, p) for p in [tuple(t) for t in torch.cartesian_prod(
+            *[torch.arange(n) for n in shape]).reshape(-1, len(shape)).tolist()])
+        assert best == pytest.approx(c, abs=1e-12), pool
+        x1, x2 = torch.randn(2, 200, *shape, dtype=torch.float64)
+        with torch.no_grad(): r = (pool(x1) - pool(x2)).flatten(1).norm(dim=1) / (x1 - x2).flatten(1).norm(dim=1)
+        assert r.max().item() <= c * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("pool, exc, words", [
+    (nn.MaxPool2d(2, return_indices=True), ValueError, "return_indices=True"),
+    (nn.MaxPool2d((2, 1), 1, (1, 0), (2, 1)), ValueError, "reads only padding"),
+])
+def test_max_pool_refusals(pool, exc, words):
+    with pytest.raises(exc, match=words): lipschitz_upper_bound(nn.Sequential(pool), (1, 1, 4))
+
+
+def _old_dense_pool_norm(m, shape):
+    "The old method: the pooling of one channel as a dense (HW x H'W') matrix from an identity basis."
+    n = math.prod(shape[1:])
+    with torch.no_grad(): P = m(torch.eye(n, dtype=torch.float64).reshape(n, 1, *shape[1:])).reshape(n, -1)
+    return torch.linalg.matrix_norm(P, 2).item()
+
+
+@pytest.mark.parametrize("pool, shape", [
+    (nn.AvgPool2d(3), (2, 7, 8)), (nn.AvgPool2d(3, 2, 1), (1, 9, 6)), (nn.AvgPool2d((3, 2), (2, 1), (1, 0), ceil_mode=True), (1, 8, 5)),
+    (nn.AvgPool2d(3, 2, 1, ceil_mode=True, count_include_pad=False), (1, 6, 7)),
+    (nn.AvgPool2d(4, 3, 2, ceil_mode=True, count_include_pad=True), (1, 10, 9)),
+    (nn.AvgPool2d(3, 2, 1, divisor_override=2), (1, 7, 7)), (nn.AvgPool2d((2, 3), 1, (1, 1), divisor_override=5), (1, 5, 6)),
+    (nn.AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False), (2, 9)), (nn.AvgPool1d(2), (1, 7)),
+    (nn.AdaptiveAvgPool2d((3, 5)), (1, 7, 4)), (nn.AdaptiveAvgPool2d((None, 2)), (1, 3, 5)), (nn.AdaptiveAvgPool2d(10), (1, 4, 7)),
+    (nn.AdaptiveAvgPool1d(3), (2, 8)), (nn.AdaptiveAvgPool1d(9), (1, 5)),
+])
+def test_avg_pool_norm_equals_dense_jacobian(pool, shape):
+    "Issue 14 item 5: the per-axis (Kronecker) norm equals the dense Jacobian's and the old dense method's, to 1e-12."
+    c = lipschitz_upper_bound(nn.Sequential(pool), shape).item()
+    assert c == pytest.approx(_dense_norm(pool, shape), rel=1e-12, abs=1e-15)
+    assert c == pytest.approx(_old_dense_pool_norm(pool, shape), rel=1e-12, abs=1e-15)
+
+
+def test_avg_pool_bound_needs_no_dense_basis():
+    "3 x 224 x 224: the old method would build a (224^2)^2 float64 basis (20 GB); the new one only 224 x 224 matrices."
+    pool = nn.Sequential(nn.AvgPool2d(3, 2, 1), nn.AdaptiveAvgPool2d(7))
+    c = lipschitz_upper_bound(pool, (3, 224, 224)).item()
+    # the same value from the Kronecker identity computed here by hand: ||P_h|| ||P_w|| per layer, one axis matrix each
+    ax = lambda m, n: torch.linalg.matrix_norm(m(torch.eye(n, dtype=torch.float64).unsqueeze(1)).squeeze(1), 2).item()
+    avg1 = ax(nn.AvgPool1d(3, 2, 1), 224) ** 2 * ax(nn.AdaptiveAvgPool1d(7), 112) ** 2
+    assert c == pytest.approx(avg1, rel=1e-12)
+
+
+@pytest.mark.parametrize("declared, exc", [(float('nan'), ValueError), (float('inf'), ValueError), (-1.0, ValueError),
+                                           ("2", TypeError), (True, TypeError), (torch.tensor(float('nan')), ValueError)])
+def test_declared_constant_is_validated(declared, exc):
+    "Issue 14 item 3: a NaN/inf/negative/string/bool lipschitz_constant gave a NaN, negative or meaningless bound."
+    block = nn.Linear(2, 2); block.lipschitz_constant = declared
+    for call, name in ((lambda: lipschitz_upper_bound(nn.Sequential(block)), "lipschitz_upper_bound"),
+                       (lambda: certify(nn.Sequential(block), torch.randn(3, 2)), "certify")):
+        with pytest.raises(exc) as e: call()
+        assert str(e.value).startswith(f"{name}: ") and "lipschitz_constant" in str(e.value)
+
+
+def test_certify_errors_name_certify():
+    "An error raised inside certify names certify, not the function it calls (was 'lipschitz_upper_bound: ...')."
+    for call in (lambda: certify(nn.Sequential(nn.LayerNorm(2)), torch.randn(3, 2)),
+                 lambda: certify(nn.Sequential(nn.Conv2d(1, 1, 3)), torch.randn(3, 1, 5, 5), input_shape=(1, 2, 2)),
+                 lambda: certify(nn.Sequential(nn.Linear(2, 2)), torch.randn(3, 2), steps=0),
+                 lambda: certify(nn.Sequential(nn.Linear(2, 2)), torch.randn(3, 2), stepz=3)):
+        with pytest.raises((ValueError, TypeError)) as e: call()
+        assert str(e.value).startswith("certify"), str(e.value)
+
+
+def _dense_conv(w, shape, s, p, d, g, mode):
+    def conv(x):
+        x = x.unsqueeze(0)
+        if mode == 'circular': x = torch.nn.functional.pad(x, (p[1],) * 2 + (p[0],) * 2, mode='circular')
+        return torch.nn.functional.conv2d(x, w, stride=s, padding=0 if mode == 'circular' else p, dilation=d, groups=g)[0]
+    J = jacrev(conv)(torch.zeros(shape, dtype=torch.float64))
+    return torch.linalg.matrix_norm(J.reshape(-1, math.prod(shape)), 2).item()
+
+
+def _torus_uniform(n, ke, s, p):
+    "Every torus position produced equally often (the exactness condition of the circular Fourier bound), one axis."
+    n_out = (n + 2 * p - ke) // s + 1
+    pos = [i % (n // s) for i in range(n_out)] if n % s == 0 else [(s * i - p) % n for i in range(n_out)]
+    size = n // s if n % s == 0 else n
+    return len(set(pos)) == size and len({pos.count(q) for q in set(pos)}) == 1
+
+
+def test_conv_torus_bound_sound_in_every_geometry_and_exact_only_under_its_condition():
+    "Random geometries (zeros/circular, stride, dilation, groups, wide circular padding): bound >= dense ||J||; equal when "
+    "every torus position is produced equally often."
+    from lipnotes.lipschitz import _conv_torus_bound
+    g = torch.Generator().manual_seed(5)
+    r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))
+    exact_seen = 0
+    for _ in range(120):
+        groups = r(1, 2); ci, co = groups * r(1, 2), groups * r(1, 2)
+        k, s, d, mode = (r(1, 3), r(1, 3)), (r(1, 3), r(1, 3)), (r(1, 2), r(1, 2)), ('zeros', 'circular')[r(0, 1)]
+        H, W = r(3, 8), r(3, 8)
+        p = (r(0, H), r(0, W)) if mode == 'circular' else (r(0, 2), r(0, 2))
+        ke = [di * (ki - 1) + 1 for ki, di in zip(k, d)]
+        if H + 2 * p[0] < ke[0] or W + 2 * p[1] < ke[1]: continue
+        w = torch.randn(co, ci // groups, *k, dtype=torch.float64, generator=g)
+        exact = _dense_conv(w, (ci, H, W), s, p, d, groups, mode)
+        bound = _conv_torus_bound(w, (ci, H, W), s, p, d, groups, mode)
+        assert bound >= exact * (1 - 1e-12), (k, s, d, p, groups, mode, H, W)
+        if mode == 'circular' and _torus_uniform(H, ke[0], s[0], p[0]) and _torus_uniform(W, ke[1], s[1], p[1]):
+            assert bound == pytest.approx(exact, rel=1e-9); exact_seen += 1
+    assert exact_seen >= 3
+
+
+@pytest.mark.parametrize("k, p", [(3, 0), (5, 1), (3, 2)])
+def test_circular_fourier_bound_not_exact_without_uniform_positions(k, p):
+    "The old claim 'exact for circular padding with the stride dividing n' fails at n = 8, stride 1 (issue 14)."
+    from lipnotes.lipschitz import _conv_torus_bound
+    torch.manual_seed(0)
+    w = torch.randn(1, 1, k, k, dtype=torch.float64)
+    exact = _dense_conv(w, (1, 8, 8), (1, 1), (p, p), (1, 1), 1, 'circular')
+    assert not _torus_uniform(8, k, 1, p)
+    assert _conv_torus_bound(w, (1, 8, 8), (1, 1), (p, p), (1, 1), 1, 'circular') > 1.05 * exact
+
+
+def test_overlap_factor_needs_gcd_and_zero_padding():
+    "sqrt(ceil(k/s)^2) is too small when gcd(d, s) > 1 (k=3, s=2, d=2: 2.87 > 2); sqrt(k_h k_w) fails for wide circular padding."
+    from lipnotes.norms import conv_overlap_factor
+    ones = torch.ones(1, 1, 3, 3, dtype=torch.float64)                  # reshaped norm 3
+    ratio = _dense_conv(ones, (1, 21, 21), (2, 2), (2, 2), (2, 2), 1, 'zeros') / 3
+    assert 2.86 < ratio <= conv_overlap_factor((3, 3), (2, 2), (2, 2)) == 3.0
+    third = ones / 3                                                    # reshaped norm 1, sqrt(k_h k_w) = 3
+    assert _dense_conv(third, (1, 4, 4), (1, 1), (2, 2), (1, 1), 1, 'circular') == pytest.approx(4.5616, abs=1e-4)
