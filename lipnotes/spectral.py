@@ -254,6 +254,7 @@ def _unit_or_keep(x, keep):
 def _check_sn_args(fn, weight, argname, n_power_iterations, mode, coeff, eps, exact, conv=None, input_shape=None):
     "The checks shared by spectral_normalize and SpectralNormalization; errors name `fn`."
     _check_float_tensor(weight, fn, argname); _check_not_meta(weight, fn, argname)
+    if weight.dim() == 0: raise ValueError(f"{fn}: {argname} must have at least one dimension, got a 0-d tensor")
     _check_positive_int(n_power_iterations, fn, 'n_power_iterations'); _check_positive_float(eps, fn, 'eps')
     if coeff is not None: _check_positive_float(coeff, fn, 'coeff')
     if mode not in ('matrix', 'operator'): raise ValueError(f"{fn}: mode must be 'matrix' or 'operator', got {mode!r}")

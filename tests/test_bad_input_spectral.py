@@ -24,6 +24,10 @@ def lin_with(weight):
     return m
 
 
+def _scalar_module():
+    m = nn.Module(); m.weight = nn.Parameter(torch.tensor(3.0)); return m
+
+
 CASES = [  # (call, exception, function name, argument name / fragment)
     # power_iteration
     (lambda: power_iteration(torch.empty(5, 4, **META)), ValueError, 'power_iteration', 'W is a meta tensor'),
@@ -82,6 +86,7 @@ CASES = [  # (call, exception, function name, argument name / fragment)
      ValueError, 'spectral_normalize', 'padding_mode'),
     (lambda: spectral_normalize(nn.Conv1d(1, 2, 3), mode='operator', input_shape=(1, 8, 8)), ValueError, 'spectral_normalize', 'needs an nn.Conv2d'),
     (lambda: spectral_normalize(nn.Conv2d(1, 2, 3), name='bias', mode='operator', input_shape=(1, 8, 8)), ValueError, 'spectral_normalize', "name='bias'"),
+    (lambda: spectral_normalize(_scalar_module()), ValueError, 'spectral_normalize', 'weight must have at least one dimension'),
     # SpectralNormalization (the class, used directly)
     (lambda: SpectralNormalization([[1.0]]), TypeError, 'SpectralNormalization', 'weight must be a torch.Tensor'),
     (lambda: SpectralNormalization(torch.empty(3, 2, **META)), ValueError, 'SpectralNormalization', 'weight is a meta tensor'),
@@ -163,6 +168,8 @@ def test_spectral_normalize_train_eval_and_empty():
     lin.train(); lin(x)
     assert not torch.equal(u, lin.parametrizations.weight[0]._u)
     assert math.isclose(torch.linalg.matrix_norm(lin.weight.detach(), 2).item(), 1, rel_tol=1e-6)
+    bias = spectral_normalize(nn.Linear(5, 4).double(), name='bias')                          # 1-D: divided by its norm, as torch
+    assert math.isclose(torch.linalg.vector_norm(bias.bias.detach()).item(), 1, rel_tol=1e-12)
     empty = spectral_normalize(nn.Linear(0, 3))                                                # an empty weight stays empty
     assert empty.weight.shape == (3, 0) and torch.isfinite(empty(torch.randn(2, 0))).all()
 
