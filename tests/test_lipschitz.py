@@ -385,3 +385,17 @@ def test_overlap_factor_needs_gcd_and_zero_padding():
     assert 2.86 < ratio <= conv_overlap_factor((3, 3), (2, 2), (2, 2)) == 3.0
     third = ones / 3                                                    # reshaped norm 1, sqrt(k_h k_w) = 3
     assert _dense_conv(third, (1, 4, 4), (1, 1), (2, 2), (1, 1), 1, 'circular') == pytest.approx(4.5616, abs=1e-4)
+
+
+def test_sequential_subclass_with_its_own_forward_is_not_walked():
+    "x + lin(x) written as an nn.Sequential subclass: walking its children gave 0 for lin = 0 (true constant 1); now refused."
+    class Residual(nn.Sequential):
+        def forward(self, x): return x + super().forward(x)
+    res = Residual(nn.Linear(3, 3, bias=False))
+    with torch.no_grad(): res[0].weight.zero_()
+    J = jacrev(lambda z: res(z.unsqueeze(0))[0])(torch.zeros(3))
+    assert torch.linalg.matrix_norm(J, 2).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="lipschitz_upper_bound: cannot bound layer"):
+        lipschitz_upper_bound(nn.Sequential(res))
+    res.lipschitz_constant = 1.0
+    assert lipschitz_upper_bound(nn.Sequential(res)).item() == 1.0
