@@ -235,6 +235,8 @@ def _pool_constant(m, in_shape, out_shape, fname='lipschitz_upper_bound'):
     return math.sqrt(math.prod(int((P > 0).sum(0).max()) for P in mats))
 
 # %% ../nbs/01_lipschitz.ipynb #ec548944
+_RANDOM_IN_TRAINING = (_BATCHNORM, nn.modules.dropout._DropoutNd, nn.RReLU)   # batch statistics or random draws in train mode
+
 def _check_function(f, x, fname, argname='f', allow_empty=False):
     "Refuse, before any work, what the Jacobian computations cannot take; False for an empty batch where `allow_empty`."
     if not callable(f): raise TypeError(f"{fname}: {argname} must be callable (a model or a function), got {type(f).__name__}")
@@ -245,7 +247,7 @@ def _check_function(f, x, fname, argname='f', allow_empty=False):
     if x.shape[0] == 0: return False
     if not torch.isfinite(x).all(): raise ValueError(f"{fname}: x contains NaN or Inf")
     if isinstance(f, nn.Module):
-        bad = [type(m).__name__ for m in f.modules() if m.training and isinstance(m, (_BATCHNORM, nn.modules.dropout._DropoutNd))]
+        bad = [type(m).__name__ for m in f.modules() if m.training and isinstance(m, _RANDOM_IN_TRAINING)]
         if bad: raise ValueError(f"{fname}: {argname} has {bad[0]} in training mode, so it is not one function of x; "
                                  f"call {argname}.eval()")
     return True

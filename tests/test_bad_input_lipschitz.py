@@ -92,6 +92,8 @@ CASES = [
     (lambda: jacobian_spectral_norm(lambda z: z.argmax(1), x), TypeError, "jacobian_spectral_norm", "f"),   # integer output
     (lambda: jacobian_spectral_norm(nn.Sequential(nn.Linear(4, 4), nn.Dropout()).double(), x), ValueError,
      "jacobian_spectral_norm", "f"),                                                                          # train mode
+    (lambda: jacobian_spectral_norm(nn.Sequential(nn.Linear(4, 4), nn.RReLU()).double(), x), ValueError,
+     "jacobian_spectral_norm", "f"),                                                                          # random slopes
     (lambda: jacobian_spectral_norm(mlp, x, n_iter=0), ValueError, "jacobian_spectral_norm", "n_iter"),
     (lambda: jacobian_spectral_norm(mlp, x, n_iter=2.5), TypeError, "jacobian_spectral_norm", "n_iter"),
     (lambda: jacobian_spectral_norm(mlp, x, n_iter=True), TypeError, "jacobian_spectral_norm", "n_iter"),
@@ -131,6 +133,7 @@ CASES = [
     (lambda: certify(nan_weight(), x), ValueError, "certify", "model"),
     (lambda: certify(nn.Sequential(nn.LayerNorm(4)).double(), x), ValueError, "certify", "model"),
     (lambda: certify(nn.Sequential(nn.BatchNorm1d(4)).double(), x), ValueError, "certify", "model"),
+    (lambda: certify(nn.Sequential(nn.RReLU()).double(), x), ValueError, "certify", "model"),
     (lambda: certify(cnn, torch.randn(2, 1, 5, 5, dtype=torch.float64), input_shape=(1, 2, 2)), ValueError, "certify", "input_shape"),
     (lambda: certify(cnn, torch.randn(2, 1, 5, 5, dtype=torch.float64), input_shape=7), TypeError, "certify", "input_shape"),
 ]
