@@ -59,6 +59,7 @@ test: check-sync
 bench: install
 	$(PY) benchmarks/bench_spectral.py
 	$(PY) benchmarks/bench_lipschitz.py
+	$(PY) benchmarks/bench_pooling.py
 	$(PY) benchmarks/bench_gradients.py
 	$(PY) benchmarks/bench_adversarial.py
 	$(PY) benchmarks/bench_sharpness.py
