@@ -7,13 +7,20 @@ __all__ = ['input_grad_norm', 'param_grad_norm', 'GradientInequality', 'gradient
 
 # %% ../nbs/04_gradient_inequality.ipynb #7018c5e3
 import math
+from functools import partial
 from typing import NamedTuple
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jacfwd, jacrev, vmap
+from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
 from .lipschitz import _check_function, _leaves
 
 # %% ../nbs/04_gradient_inequality.ipynb #86c0b3b3
+def _check_not_meta(x, fname, argname='x'):
+    "A meta tensor has a shape but no values, and every quantity here is a value: refuse it before torch fails on it."
+    if isinstance(x, torch.Tensor) and x.is_meta:
+        raise ValueError(f"{fname}: {argname} is a meta tensor (a shape without values); gradient norms need values")
+
 def _check_args(args, batch, fname):
     "The per-example extra inputs of f (labels, targets): a tensor or a tuple of tensors with one row per example."
     if isinstance(args, torch.Tensor): args = (args,)
@@ -24,12 +31,18 @@ def _check_args(args, batch, fname):
             got = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
             raise ValueError(f"{fname}: args[{i}] must be a tensor with one row per example (first dimension {batch}), "
                              f"got {got}")
+        _check_not_meta(a, fname, f"args[{i}]")
     return tuple(args)
 
 def _check_one_scalar(f, out, args, fname, of):
     "f must map a batch of one to shape (1,), one float per example; checked on the first example before any work."
     if not callable(f): raise TypeError(f"{fname}: f must be callable, got {type(f).__name__}")
-    with torch.no_grad(): y = f(out, *(a[:1] for a in args))
+    try:
+        with torch.no_grad(): y = f(out, *(a[:1] for a in args))
+    except RuntimeError as e:   # typically a model inside f on another dtype or device than x
+        raise ValueError(f"{fname}: f fails on the first example of x, given as {of} of one ({out.dtype} on {out.device}): "
+                         f"{str(e).splitlines()[0]}; a model called inside f must have x's dtype and device "
+                         "(model.to(x))") from e
     if not isinstance(y, torch.Tensor) or y.shape != (1,) or not y.is_floating_point():
         got = f"shape {tuple(y.shape)}, dtype {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
         raise ValueError(f"{fname}: f must map {of} to one float per example, shape (batch,); on a batch of one it "
@@ -50,10 +63,12 @@ def _params(model, x, fname, trainable=True):
     ps = {k: p for k, p in model.named_parameters() if p.requires_grad or not trainable}
     if not ps: raise ValueError(f"{fname}: model has no parameters that require grad")
     for k, p in ps.items():
+        if isinstance(p, nn.parameter.UninitializedParameter):
+            raise ValueError(f"{fname}: model parameter '{k}' is an uninitialised lazy parameter; run one forward pass first")
         if p.dtype != x.dtype or p.device != x.device:
-            raise ValueError(f"{fname}: parameter '{k}' is {p.dtype} on {p.device} but x is {x.dtype} on {x.device}; "
+            raise ValueError(f"{fname}: model parameter '{k}' is {p.dtype} on {p.device} but x is {x.dtype} on {x.device}; "
                              "move one to the other (model.to(x))")
-        if not torch.isfinite(p).all(): raise ValueError(f"{fname}: parameter '{k}' contains NaN or Inf")
+        if not torch.isfinite(p).all(): raise ValueError(f"{fname}: model parameter '{k}' contains NaN or Inf")
     return ps
 
 def _per_example_grads(f, model, params, x, args, argnums):
@@ -67,7 +82,7 @@ def _per_example_grads(f, model, params, x, args, argnums):
 def input_grad_norm(f, x: torch.Tensor, args=()) -> torch.Tensor:
     "||grad_x f(x_i)|| for each example x_i of the batch `x`; f maps a batch (and rows of `args`) to one scalar per example."
     fn = 'input_grad_norm'
-    _check_function(f, x, fn); args = _check_args(args, x.shape[0], fn)
+    _check_not_meta(x, fn); _check_function(f, x, fn); args = _check_args(args, x.shape[0], fn)
     _check_one_scalar(f, x[:1], args, fn, 'the input batch')
     one = lambda xi, *ai: f(_one(xi), *map(_one, ai)).squeeze(0)
     g = vmap(grad(one))(x, *args)
@@ -77,7 +92,7 @@ def param_grad_norm(f, model: nn.Module, x: torch.Tensor, args=()) -> torch.Tens
     "||grad_theta f(model(x_i))|| over every parameter that requires grad, per example; f maps the output batch to one scalar per example."
     fn = 'param_grad_norm'
     if not isinstance(model, nn.Module): raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_function(model, x, fn, 'model'); args = _check_args(args, x.shape[0], fn)
+    _check_not_meta(x, fn); _check_function(model, x, fn, 'model'); args = _check_args(args, x.shape[0], fn)
     params = _params(model, x, fn)
     with torch.no_grad(): out = model(x[:1])
     _check_one_scalar(f, out, args, fn, "the model's output batch")
@@ -100,30 +115,86 @@ def _mlp_layers(model, x, fname):
     layers, seen, width = [], {}, x.shape[1]
     for name, m in _leaves(model):
         if m in seen:
-            raise ValueError(f"{fname}: layer '{name}' is the same module as '{seen[m]}'; shared weights are not an MLP "
+            raise ValueError(f"{fname}: model layer '{name}' is the same module as '{seen[m]}'; shared weights are not an MLP "
                              "with one W_t per layer")
         seen[m] = name
         if isinstance(m, nn.Linear):
             if isinstance(m.weight, nn.parameter.UninitializedParameter):
-                raise ValueError(f"{fname}: layer '{name}' has an uninitialised lazy weight; run one forward pass first")
+                raise ValueError(f"{fname}: model layer '{name}' has an uninitialised lazy weight; run one forward pass first")
             if m.in_features != width:
-                raise ValueError(f"{fname}: layer '{name}' (Linear) takes {m.in_features} features but gets {width}")
+                raise ValueError(f"{fname}: model layer '{name}' (Linear) takes {m.in_features} features but gets {width}")
             layers.append((name, m)); width = m.out_features
             continue
         if not isinstance(m, _ELEMENTWISE):
-            raise ValueError(f"{fname}: layer '{name}' ({type(m).__name__}) is not a Linear layer or an elementwise "
+            raise ValueError(f"{fname}: model layer '{name}' ({type(m).__name__}) is not a Linear layer or an elementwise "
                              "activation; the inequality is proved for MLPs h -> g(W h + b)")
         if any(True for _ in m.parameters()):
-            raise ValueError(f"{fname}: layer '{name}' ({type(m).__name__}) has parameters; theta here is the W and b "
+            raise ValueError(f"{fname}: model layer '{name}' ({type(m).__name__}) has parameters; theta here is the W and b "
                              "of the Linear layers")
         if m.training and isinstance(m, (nn.RReLU, nn.modules.dropout._DropoutNd)):
-            raise ValueError(f"{fname}: layer '{name}' ({type(m).__name__}) is random in training mode; call model.eval()")
+            raise ValueError(f"{fname}: model layer '{name}' ({type(m).__name__}) is random in training mode; call model.eval()")
         if not layers:
-            raise ValueError(f"{fname}: the first layer must be Linear (h^(1) = x), got '{name}' ({type(m).__name__})")
+            raise ValueError(f"{fname}: the model's first layer must be Linear (h^(1) = x), got '{name}' ({type(m).__name__})")
     if not layers: raise ValueError(f"{fname}: model has no Linear layer")
     return layers
 
-_ORDS = (2, 'fro')
+# %% ../nbs/04_gradient_inequality.ipynb #b7c4e2a1
+def _mlp_pieces(model, params):
+    "The MLP as pairs (h_t -> z_(t+1), the affine map with the weights in `params`; z_(t+1) -> h_(t+1), the elementwise maps)."
+    segments = []
+    for name, m in _leaves(model):
+        if isinstance(m, nn.Linear): segments.append((name, []))
+        else: segments[-1][1].append(m)
+    def elementwise(ms):
+        def g(z):
+            for m in ms: z = m(z)
+            return z
+        return g
+    return [(partial(F.linear, weight=params[f"{n}.weight"], bias=params.get(f"{n}.bias")), elementwise(ms))
+            for n, ms in segments]
+
+def _layer_inputs_and_jacobians(pieces, x):
+    "Per example: the inputs h_t of the Linear layers (h_1 = x), max_i |g_t'(z_(t+1))_i|, and densely J_t = dh_t/dx, t >= 2."
+    def hidden(h):
+        hs = []
+        for affine, g in pieces[:-1]:
+            h = g(affine(h)); hs.append(h)
+        return tuple(hs)
+    hs, slopes = [x], []
+    for affine, g in pieces[:-1]:     # g is elementwise, so its jvp with a tangent of ones is the vector of slopes
+        z = affine(hs[-1]); h, slope = jvp(g, (z,), (torch.ones_like(z),))
+        hs.append(h); slopes.append(slope.abs().amax(1))
+    jac = ()
+    if len(pieces) > 1:   # reverse mode when the hidden layers together are narrower than the input
+        jac = vmap((jacrev if sum(h.shape[1] for h in hs[1:]) < x.shape[1] else jacfwd)(hidden))(x)
+    return hs, slopes, jac
+
+# %% ../nbs/04_gradient_inequality.ipynb #c5d9e3f2
+def _rounding_allowance(W, slopes, x):
+    "A bound on the rounding error of the computed ||grad_x f|| per unit ||delta_t||, per layer: u_n ||W_t||_F prod_(s<t) ||W_s||_F max|g_s'|."
+    u = torch.finfo(x.dtype).eps * 4 * (x.shape[1] + sum(w.shape[0] for w in W) + len(W))
+    chain, out = torch.ones(len(x), dtype=x.dtype, device=x.device), []
+    for t, w in enumerate(W):
+        fro = torch.linalg.matrix_norm(w, 'fro')
+        out.append(u * chain * fro)
+        if t < len(W) - 1: chain = chain * fro * slopes[t]
+    return torch.stack(out, 1)
+
+def _terms(gx_norm, activation_terms, norms, allowance):
+    "||grad_x f||^2 (beta_t + ||h_t||^2) / (N_t + rounding)^2 per layer; a zero denominator forces grad_x f = 0: the term is 0."
+    scale = (norms + allowance) ** 2
+    return torch.where(scale > 0, gx_norm[:, None] ** 2 * activation_terms / scale, torch.zeros_like(scale))
+
+def _in_dtype(ts, dtype, fname):
+    "The results, computed in float32 for a float16/bfloat16 x, back in x's dtype; refuse a value that overflows it."
+    out = [t.to(dtype) for t in ts]
+    for t, o in zip(ts, out):
+        if not torch.isfinite(o).all():
+            raise ValueError(f"{fname}: a result ({t.abs().max().item():.3g}) overflows x's dtype {dtype}; "
+                             "pass model and x in float32")
+    return out
+
+_ORDS, _LOW_PRECISION = (2, 'fro'), (torch.float16, torch.bfloat16)
 
 # %% ../nbs/04_gradient_inequality.ipynb #73dbd39c
 class GradientInequality(NamedTuple):
@@ -134,49 +205,44 @@ class GradientInequality(NamedTuple):
     rhs_terms: torch.Tensor         # (batch, l) ||grad_W_t f||^2 + ||grad_b_t f||^2, which bounds lhs_terms[:, t]
     input_grad_norm: torch.Tensor   # (batch,)   ||grad_x f||
     activation_terms: torch.Tensor  # (batch, l) beta_t + ||h_t||^2, with beta_t = 1 if layer t has a bias, else 0
-    weight_norms: torch.Tensor      # (l,)       ||W_t||
-    jacobian_norms: torch.Tensor    # (batch, l) ||J_t|| = ||d h_t / d x||, J_1 = I
+    weight_norms: torch.Tensor      # (l,)       ||W_t|| (weight_ord)
+    jacobian_norms: torch.Tensor    # (batch, l) ||J_t|| = ||d h_t / d x|| (jacobian_ord), J_1 = I
     layers: list                    # the names of the Linear layers in the model
+    product_lhs: torch.Tensor       # (batch,)   ||grad_x f||^2 sum_t (beta_t + ||h_t||^2) / ||W_t J_t||_2^2, >= lhs
+    product_lhs_terms: torch.Tensor # (batch, l) its layer terms, each <= rhs_terms[:, t] (0 where W_t J_t = 0)
+    product_norms: torch.Tensor     # (batch, l) ||W_t J_t||_2 = ||d z_(t+1) / d x||_2 <= ||W_t||_2 ||J_t||_2
 
 def gradient_inequality(model: nn.Sequential, x: torch.Tensor, f, args=(), weight_ord=2,
                         jacobian_ord=2) -> GradientInequality:
-    "Both sides of ||grad_x f||^2 sum_t (1 + ||h_t||^2)/(||W_t||^2 ||J_t||^2) <= ||grad_theta f||^2 for an MLP, per example."
+    "Both sides of ||grad_x f||^2 sum_t (beta_t + ||h_t||^2)/N_t^2 <= ||grad_theta f||^2 for an MLP, per example, with N_t = ||W_t|| ||J_t|| and N_t = ||W_t J_t||_2."
     fn = 'gradient_inequality'
     for name, o in (('weight_ord', weight_ord), ('jacobian_ord', jacobian_ord)):
         if isinstance(o, bool) or o not in _ORDS:
             raise ValueError(f"{fn}: {name} must be 2 (spectral) or 'fro' (Frobenius), got {o!r}")
-    _check_function(model, x, fn, 'model')
-    layers = _mlp_layers(model, x, fn)
-    args = _check_args(args, x.shape[0], fn)
-    params = _params(model, x, fn, trainable=False)
-    with torch.no_grad(): out = model(x[:1])
+    _check_not_meta(x, fn); _check_function(model, x, fn, 'model')
+    layers = _mlp_layers(model, x, fn); args = _check_args(args, x.shape[0], fn)
+    work = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype    # linalg has no float16/bfloat16 kernels
+    params = {k: p.detach().to(work) for k, p in _params(model, x, fn, trainable=False).items()}
+    xw = x.to(work)
+    with torch.no_grad(): out = functional_call(model, params, (xw[:1],))
     _check_one_scalar(f, out, args, fn, "the model's output batch")
-    lin, d = [m for _, m in layers], x.shape[1]
-
-    def hidden(h):
-        "The inputs h_2, ..., h_l of the Linear layers after the first."
-        hs = []
-        for _, m in _leaves(model):
-            if isinstance(m, nn.Linear) and m is not lin[0]: hs.append(h)
-            h = m(h)
-        return tuple(hs)
-
-    gp, gx = _per_example_grads(f, model, params, x, args, (0, 1))
+    gp, gx = _per_example_grads(f, model, params, xw, args, (0, 1))
     with torch.no_grad():
+        hs, slopes, jac = _layer_inputs_and_jacobians(_mlp_pieces(model, params), xw)
+        W = [params[f"{name}.weight"] for name, _ in layers]
         rhs_terms = torch.stack([sum(gp[f"{name}.{p}"].flatten(1).pow(2).sum(1) for p, _ in m.named_parameters())
                                  for name, m in layers], 1)
-        beta = torch.tensor([float(m.bias is not None) for m in lin], dtype=x.dtype, device=x.device)
-        activation_terms = beta + torch.stack([h.pow(2).sum(1) for h in (x,) + hidden(x)], 1)
-        weight_norms = torch.stack([torch.linalg.matrix_norm(m.weight, weight_ord) for m in lin])
-        first = torch.full((len(x),), 1.0 if jacobian_ord == 2 else math.sqrt(d), dtype=x.dtype, device=x.device)
-        jac = ()
-        if len(lin) > 1:   # dense Jacobians: reverse mode when the hidden layers together are narrower than the input
-            jac = vmap((jacrev if sum(m.in_features for m in lin[1:]) < d else jacfwd)(hidden))(x)
+        beta = torch.tensor([float(m.bias is not None) for _, m in layers], dtype=work, device=x.device)
+        activation_terms = beta + torch.stack([h.pow(2).sum(1) for h in hs], 1)
+        weight_norms = torch.stack([torch.linalg.matrix_norm(w, weight_ord) for w in W])
+        first = torch.full((len(x),), 1.0 if jacobian_ord == 2 else math.sqrt(x.shape[1]), dtype=work, device=x.device)
         jacobian_norms = torch.stack([first] + [torch.linalg.matrix_norm(J, jacobian_ord) for J in jac], 1)
-        gx_norm = torch.linalg.vector_norm(gx.flatten(1), dim=1)
-        scale = (weight_norms * jacobian_norms) ** 2
-        # scale = 0 means W_t = 0 or J_t = 0, so grad_x f = J_t^T W_t^T delta_t = 0: the term 0 * (1/0) is read as 0
-        lhs_terms = torch.where(scale > 0, gx_norm[:, None] ** 2 * activation_terms / scale, torch.zeros_like(scale))
-    _finite(torch.cat([lhs_terms, rhs_terms], 1).sum(1), fn)
-    return GradientInequality(lhs_terms.sum(1), rhs_terms.sum(1), lhs_terms, rhs_terms, gx_norm, activation_terms,
-                              weight_norms, jacobian_norms, [name for name, _ in layers])
+        product_norms = torch.stack([torch.linalg.matrix_norm(W[0], 2).expand(len(x))] +
+                                    [torch.linalg.matrix_norm(w @ J, 2) for w, J in zip(W[1:], jac)], 1)
+        gx_norm, allowance = torch.linalg.vector_norm(gx.flatten(1), dim=1), _rounding_allowance(W, slopes, xw)
+        lhs_terms = _terms(gx_norm, activation_terms, weight_norms * jacobian_norms, allowance)
+        product_lhs_terms = _terms(gx_norm, activation_terms, product_norms, allowance)
+    _finite(torch.cat([lhs_terms, rhs_terms, product_lhs_terms], 1).sum(1), fn)
+    res = _in_dtype([lhs_terms.sum(1), rhs_terms.sum(1), lhs_terms, rhs_terms, gx_norm, activation_terms, weight_norms,
+                     jacobian_norms, product_lhs_terms.sum(1), product_lhs_terms, product_norms], x.dtype, fn)
+    return GradientInequality(*res[:8], [name for name, _ in layers], *res[8:])

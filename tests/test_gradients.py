@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from lipnotes.gradients import gradient_inequality, input_grad_norm, param_grad_norm
+from lipnotes.gradients import GradientInequality, gradient_inequality, input_grad_norm, param_grad_norm
 
 D = torch.float64
 ACTS = {'tanh': nn.Tanh, 'relu': nn.ReLU, 'softplus': nn.Softplus, 'sigmoid': nn.Sigmoid, 'identity': nn.Identity}
@@ -197,3 +197,214 @@ def test_nan_parameters_and_shared_layers_are_refused():
     shared = nn.Linear(3, 3, dtype=D)
     with pytest.raises(ValueError, match="is the same module as '0'"):
         gradient_inequality(nn.Sequential(shared, nn.Tanh(), shared), x0, s)
+
+
+# --- issue 14: the product reading, rounding, low precision, degenerate input ----------------------------------------
+def preactivation_jacobians(net, x1):
+    "Reference: d z^(t+1) / d x for every Linear layer t, densely from torch.func.jacrev of x -> z^(t+1), one example."
+    lins = [m for m in net if isinstance(m, nn.Linear)]
+    def upto(k):
+        def z(v):
+            for m in net:
+                v = m(v)
+                if m is lins[k]: return v
+        return z
+    return [torch.func.jacrev(upto(k))(x1) for k in range(len(lins))]
+
+
+@settings(max_examples=60, deadline=None)
+@given(widths=st.lists(st.integers(1, 16), min_size=2, max_size=5), act=st.sampled_from(sorted(ACTS)),
+       f=st.sampled_from(['sum', 'logsumexp', 'square', 'sin']), bias=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_product_reading_against_dense_jacrev_reference(widths, act, f, bias, seed):
+    "||W_t J_t||_2 from jacrev + matrix_norm; its terms from a loop's ||grad_x f||; each <= its share, and >= spectral."
+    net = mlp(widths, act, seed, bias)
+    x = 2 * torch.randn(4, widths[0], dtype=D)
+    r = gradient_inequality(net, x, FS[f], (torch.zeros(4),))
+    gx, gp = loop_norms(FS[f], net, x, (torch.zeros(4),))
+    for i in range(4):
+        ref = torch.stack([torch.linalg.matrix_norm(A, 2) for A in preactivation_jacobians(net, x[i])])
+        assert torch.allclose(r.product_norms[i], ref, rtol=1e-9, atol=1e-300)
+        assert (ref <= r.weight_norms * r.jacobian_norms[i] * (1 + 1e-12)).all()
+        terms = torch.where(ref > 0, gx[i] ** 2 * r.activation_terms[i] / ref ** 2, torch.zeros_like(ref))
+        assert torch.allclose(r.product_lhs_terms[i], terms, rtol=1e-9, atol=1e-300)
+    assert (r.product_lhs_terms <= r.rhs_terms * (1 + 1e-9)).all() and (r.product_lhs <= gp ** 2 * (1 + 1e-9)).all()
+    assert (r.product_lhs_terms >= r.lhs_terms * (1 - 1e-12)).all()
+
+
+def test_product_reading_is_larger_and_valid_on_200_random_nets():
+    "The issue's check: lhs <= rhs on every example of 200 random nets; the product reading's left side is larger."
+    g = torch.Generator().manual_seed(14)
+    worst, gains = 0.0, []
+    for k in range(200):
+        depth = int(torch.randint(2, 5, (), generator=g))
+        widths = torch.randint(2, 17, (depth + 1,), generator=g).tolist()
+        net = mlp(widths, sorted(ACTS)[k % 5], k)
+        x = 2 * torch.randn(6, widths[0], dtype=D, generator=g)
+        r = gradient_inequality(net, x, FS[['sum', 'logsumexp', 'square'][k % 3]], (torch.zeros(6),))
+        _, gp = loop_norms(FS[['sum', 'logsumexp', 'square'][k % 3]], net, x, (torch.zeros(6),))
+        assert (r.product_lhs <= gp ** 2 * (1 + 1e-9)).all()
+        worst = max(worst, (r.product_lhs / gp ** 2)[gp > 0].max().item())
+        gains.append(r.product_lhs[r.lhs > 0] / r.lhs[r.lhs > 0])
+    gains = torch.cat(gains)
+    assert worst <= 1 + 1e-9 and (gains >= 1 - 1e-12).all() and gains.median() > 1.2
+
+
+def test_readings_are_partially_ordered_and_sf_fs_incomparable():
+    torch.manual_seed(0)
+    for seed in range(20):
+        net = mlp([5, 7, 6, 3], 'tanh', seed)
+        x = torch.randn(5, 5, dtype=D)
+        rs = {o: gradient_inequality(net, x, FS['logsumexp'], (torch.zeros(5),), weight_ord=o[0], jacobian_ord=o[1])
+              for o in [(2, 2), (2, 'fro'), ('fro', 2), ('fro', 'fro')]}
+        P, S = rs[(2, 2)].product_lhs_terms, rs[(2, 2)].lhs_terms
+        SF, FS_, FF = rs[(2, 'fro')].lhs_terms, rs[('fro', 2)].lhs_terms, rs[('fro', 'fro')].lhs_terms
+        t = 1 + 1e-12
+        assert (S <= P * t).all() and (SF <= S * t).all() and (FS_ <= S * t).all() and (FF <= SF * t).all() and (FF <= FS_ * t).all()
+    scalar_input = mlp([1, 8, 8, 3], 'tanh', 1)
+    x1 = torch.randn(6, 1, dtype=D)
+    sf, fs = [gradient_inequality(scalar_input, x1, FS['sum'], (torch.zeros(6),), weight_ord=w, jacobian_ord=j).lhs for w, j in ((2, 'fro'), ('fro', 2))]
+    assert (sf > fs).all()
+    one = mlp([5, 3], 'tanh', 2)
+    x5 = torch.randn(6, 5, dtype=D)
+    sf, fs = [gradient_inequality(one, x5, FS['sum'], (torch.zeros(6),), weight_ord=w, jacobian_ord=j).lhs for w, j in ((2, 'fro'), ('fro', 2))]
+    assert (fs > sf).all()
+
+
+def test_last_layer_attains_the_product_reading():
+    "With f = u.o, u the top left singular vector of W_l J_l, the last term equals its share: no smaller N_l is valid."
+    net = mlp([4, 6, 3], 'tanh', 7)
+    x = torch.randn(1, 4, dtype=D)
+    A = preactivation_jacobians(net, x[0])[-1]
+    u = torch.linalg.svd(A).U[:, 0]
+    r = gradient_inequality(net, x, lambda o: o @ u)
+    assert torch.isclose(r.product_lhs_terms[0, -1], r.rhs_terms[0, -1], rtol=1e-10)
+    assert r.product_lhs_terms[0, -1] / 0.99 ** 2 > r.rhs_terms[0, -1]
+
+
+def cancelling_net(seed):
+    "1-6-3-2 with W_2 W_1 = 0 up to rounding, so J_3 and W_2 J_2 are rounding noise."
+    g = torch.Generator().manual_seed(seed)
+    w1, W2 = torch.randn(6, 1, generator=g, dtype=D), torch.randn(3, 6, generator=g, dtype=D)
+    net = nn.Sequential(nn.Linear(1, 6, dtype=D), nn.Identity(), nn.Linear(6, 3, dtype=D), nn.Tanh(), nn.Linear(3, 2, dtype=D))
+    with torch.no_grad(): net[0].weight.copy_(w1); net[2].weight.copy_(W2 - (W2 @ w1) @ w1.T / (w1.T @ w1))
+    return net, torch.randn(4, 1, generator=g, dtype=D)
+
+
+def test_rounding_cancellation_keeps_every_term_below_its_share():
+    "Was 925x above the share (spectral reading) at HEAD 81a32c6: a ratio of two rounding noises."
+    for seed in range(200):
+        net, x = cancelling_net(seed)
+        r = gradient_inequality(net, x, lambda o: o[:, 0] - 0.5 * o[:, 1])
+        assert (r.lhs_terms <= r.rhs_terms).all(), seed
+        assert (getattr(r, 'product_lhs_terms', r.lhs_terms) <= r.rhs_terms).all(), seed
+
+
+@pytest.mark.parametrize('dtype, rtol', [(torch.bfloat16, 2 ** -8), (torch.float16, 2 ** -10)])
+def test_gradient_inequality_in_low_precision_against_float64(dtype, rtol):
+    "Computed in float32, returned in x's dtype: each field is the float64 value of the same weights to the dtype's rounding."
+    import copy
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).to(dtype)
+    x = torch.randn(7, 5).to(dtype)
+    y = torch.randint(0, 3, (7,))
+    ce = lambda o, t: F.cross_entropy(o, t, reduction='none')
+    r = gradient_inequality(net, x, ce, (y,))
+    ref_net = copy.deepcopy(net).double()
+    ref = gradient_inequality(ref_net, x.double(), ce, (y,))
+    assert r.layers == ref.layers
+    # The left-side terms carry gradient_inequality's float32 rounding allowance, gamma ||W_t||_F prod_s ||W_s||_F
+    # max|g_s'| added to N_t (slopes <= 1 for tanh and ReLU): it may lower a term by a factor (1 + gamma P_t / N_t)^-2.
+    lins = [m for m in ref_net if isinstance(m, nn.Linear)]
+    fro = torch.stack([torch.linalg.matrix_norm(m.weight, 'fro') for m in lins])
+    P = fro * torch.cat([torch.ones(1, dtype=D), torch.cumprod(fro, 0)[:-1]])
+    gamma = 4 * torch.finfo(torch.float32).eps * (5 + sum(m.out_features for m in lins) + len(lins))
+    low = {'lhs_terms': 2 * gamma * P / (ref.weight_norms * ref.jacobian_norms), 'product_lhs_terms': 2 * gamma * P / ref.product_norms}
+    low['lhs'], low['product_lhs'] = low['lhs_terms'].max(1).values, low['product_lhs_terms'].max(1).values
+    for name in GradientInequality._fields:
+        if name == 'layers': continue
+        a, b = getattr(r, name).double(), getattr(ref, name)
+        assert getattr(r, name).dtype == dtype and getattr(r, name).device == x.device
+        # rounding to the nearest `dtype` number is <= 2^-9 (bf16) / 2^-11 (fp16) relative; float32 work adds ~1e-6
+        assert (a <= b * (1 + rtol)).all() and (a >= b * (1 - rtol - low.get(name, 0))).all(), \
+            (name, ((a - b).abs() / b.abs()).max())
+    assert (r.lhs <= r.rhs).all() and (r.product_lhs <= r.rhs).all()
+
+
+def test_low_precision_overflow_is_refused():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Identity(), nn.Linear(2, 1)).to(torch.float16)
+    with torch.no_grad(): net[0].weight.fill_(300.0); net[2].weight.fill_(300.0)
+    x = torch.full((2, 2), 100.0, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"^gradient_inequality: a result .* overflows x's dtype torch.float16"):
+        gradient_inequality(net, x, lambda o: o[:, 0])
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_per_example_norms_in_low_precision(dtype):
+    "input_grad_norm and param_grad_norm run in the caller's dtype: within a few units of its rounding of float64."
+    import copy
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+    x = torch.randn(5, 6).to(dtype)
+    n64 = copy.deepcopy(net).double()
+    gi = input_grad_norm(lambda z: net(z).logsumexp(1), x)
+    gp = param_grad_norm(lambda o: o.logsumexp(1), net, x)
+    ri, rp = loop_norms(lambda o: o.logsumexp(1), n64, x.double())
+    eps = torch.finfo(dtype).eps
+    assert gi.dtype == gp.dtype == dtype
+    # every operation rounds once in `dtype`: a depth-2 net's forward and backward chain ~10 roundings
+    assert torch.allclose(gi.double(), ri, rtol=16 * eps, atol=0) and torch.allclose(gp.double(), rp, rtol=16 * eps, atol=0)
+
+
+def test_input_grad_norm_model_dtype_mismatch_is_a_clear_error():
+    "Was torch's RuntimeError 'mat1 and mat2 must have the same dtype' at HEAD 81a32c6."
+    net = nn.Sequential(nn.Linear(3, 2))                         # float32
+    with pytest.raises(ValueError, match=r"^input_grad_norm: f fails on the first example of x.*torch.float64.*model.to\(x\)"):
+        input_grad_norm(lambda z: net(z).sum(1), torch.randn(4, 3, dtype=D))
+
+
+@pytest.mark.parametrize('call', [
+    lambda x: input_grad_norm(lambda z: z.sum(1), x),
+    lambda x: param_grad_norm(lambda o: o.sum(1), nn.Linear(3, 2, device='meta'), x),
+    lambda x: gradient_inequality(nn.Sequential(nn.Linear(3, 2, device='meta')), x, lambda o: o.sum(1))])
+def test_meta_tensors_are_refused_by_name(call):
+    "Was 'Tensor.item() cannot be called on meta tensors' from deep inside torch at HEAD 81a32c6."
+    with pytest.raises(ValueError, match=r"^(input_grad_norm|param_grad_norm|gradient_inequality): x is a meta tensor"):
+        call(torch.empty(4, 3, device='meta'))
+
+
+def test_degenerate_inputs_have_the_right_answer_zero():
+    "f constant in x, parameters the output ignores, an f that ignores the model: 0, not autograd's 'does not require grad'."
+    x = torch.randn(4, 3, dtype=D)
+    net = mlp([3, 4, 2], 'tanh', 0)
+    assert (input_grad_norm(lambda z: torch.ones(len(z), dtype=D), x) == 0).all()
+    assert (input_grad_norm(lambda z: net(z.detach()).sum(1), x) == 0).all()
+
+    class IgnoresOne(nn.Module):
+        def __init__(self):
+            super().__init__(); self.used, self.unused = nn.Linear(3, 2, dtype=D), nn.Linear(3, 2, dtype=D)
+        def forward(self, z): return self.used(z)
+    m = IgnoresOne()
+    only_used = param_grad_norm(lambda o: o.sum(1), m, x)
+    m.unused.requires_grad_(False)
+    assert torch.equal(only_used, param_grad_norm(lambda o: o.sum(1), m, x))
+    _, ref = loop_norms(lambda o: o.sum(1), nn.Sequential(m.used), x)
+    assert torch.allclose(only_used, ref, rtol=1e-12)
+
+    class Constant(nn.Module):
+        def __init__(self): super().__init__(); self.lin = nn.Linear(3, 2, dtype=D)
+        def forward(self, z): return torch.zeros(len(z), 2, dtype=D)
+    assert (param_grad_norm(lambda o: o.sum(1), Constant(), x) == 0).all()
+    r = gradient_inequality(net, x, lambda o: torch.zeros(len(o), dtype=D))
+    assert (r.lhs == 0).all() and (r.rhs == 0).all() and (r.product_lhs == 0).all()
+
+
+def test_tuple_outputs():
+    "A model with a tuple output: f picks the part it needs (param_grad_norm); f itself must return a tensor."
+    class Pair(nn.Module):
+        def __init__(self): super().__init__(); self.lin = nn.Linear(3, 2, dtype=D)
+        def forward(self, z): return self.lin(z), z
+    m, x = Pair(), torch.randn(4, 3, dtype=D)
+    _, ref = loop_norms(lambda o: o.sum(1), nn.Sequential(m.lin), x)
+    assert torch.allclose(param_grad_norm(lambda o: o[0].sum(1), m, x), ref, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"^input_grad_norm: f must map the input batch .* returned tuple"):
+        input_grad_norm(lambda z: (z.sum(1), z), x)
