@@ -850,9 +850,10 @@ class Times100(nn.Module):
 
 def _one_child_cases():
     torch.manual_seed(0)
-    add = AddLin(4)
-    with torch.no_grad(): add.lin.weight.zero_(); add.lin.bias.zero_()
-    return [add, Times100(4), nn.Sequential(nn.Linear(4, 4), AddLin(4)), nn.Sequential(Times100(4), nn.Tanh())]
+    add, add2 = AddLin(4), AddLin(4)
+    with torch.no_grad():
+        for a in (add, add2): a.lin.weight.zero_(); a.lin.bias.zero_()
+    return [add, Times100(4), nn.Sequential(nn.Linear(4, 4), add2), nn.Sequential(Times100(4), nn.Tanh())]
 
 
 @pytest.mark.parametrize("case", range(4))
@@ -860,6 +861,9 @@ def test_regression_one_child_module(case):
     "A module with one child is not that child (81a32c6: x + lin(x) with lin = 0 got 0; 100 lin(x) got ||W||_F)."
     model = _one_child_cases()[case].double().eval()
     x = torch.randn(4, generator=torch.Generator().manual_seed(case), dtype=F64)
+    if case == 3:                                        # where lin(x) = 0, so that tanh is not saturated: J = 100 W
+        lin = model[0].lin
+        x = torch.linalg.solve(lin.weight.detach(), -lin.bias.detach())
     value, _ = _jacobian_norm(model, x)
     if case == 0: assert value == pytest.approx(1.0, rel=1e-12)
     _sound_or_refused(model, (4,), value, "dense ||J||_2")
