@@ -44,7 +44,7 @@ import lipnotes.norms
 RTOL, ATOL = 1e-6, 1e-9
 R_MIN = 1e-4             # the shortest pair distance allowed in the ratio search (see the rounding budget above)
 N_DEFAULT = 40           # nets in the default run
-N_SINGLE = 60            # one-layer nets in the default run
+N_SINGLE = 50            # one-layer nets in the default run
 N_SLOW = 400             # nets of each kind in the slow run (LIPNOTES_SLOW=1)
 F64 = torch.float64
 
@@ -453,9 +453,12 @@ def _attained_cached(seed, budget=1):
 
 # ------------------------------------------------------------------------------------------------ checks
 def _call(fname, fn, *args, ctx='', **kwargs):
-    "fn(*args) -> result, or None for a refusal by ValueError/TypeError whose message starts with '<fname>: '."
+    """fn(*args) -> result, or None for a refusal by ValueError/TypeError whose message starts with '<fname>: '. The global
+    RNG (random starts of power iterations and of the lower bound's ascent) is seeded, so a run can be reproduced alone."""
     try:
-        return fn(*args, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return fn(*args, **kwargs)
     except (ValueError, TypeError) as e:
         if not str(e).startswith(f"{fname}: "):
             pytest.fail(f"{fname} refused with a message that does not start with '{fname}: ': "
@@ -543,7 +546,7 @@ def test_upper_bound_sound(seed): check_upper_bound(seed)
 def test_frobenius_bound_sound(seed): check_frobenius(seed)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", SEEDS[::2])           # certify runs the lower bound's ascent too: half the nets
 def test_certify_sound(seed): check_certify(seed)
 
 
