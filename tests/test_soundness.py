@@ -18,9 +18,11 @@ twice). For each net, `lipnotes.lipschitz.lipschitz_upper_bound(model, input_sha
 Anything else (another exception, a NaN or infinite "bound") is a failure. certify's lower bound must be <= its upper
 bound and <= ||J_f|| at the point it reports.
 
-A failure message names the seed, the net and the input shape; reproduce it with
-`python tests/test_soundness.py SEED`. The default run draws `N_DEFAULT` nets; `LIPNOTES_SLOW=1` adds a larger run.
-Hand-made regression cases for the unsound results found at 81a32c6 follow the randomized tests.
+Beside the random nets (N_DEFAULT of up to 5 layers, N_SINGLE of one layer, where a wrong per-layer constant is not hidden
+by the slack of a product): every activation scanned exactly on a grid, every small pooling geometry and a sample of conv
+geometries against their exact constants, certify on every activation, and hand-made regressions for the unsound results
+found at 81a32c6. A failure message names the seed, the net and the input shape; reproduce it with
+`python tests/test_soundness.py SEED`. `LIPNOTES_SLOW=1` adds a larger run (800 nets, every conv geometry).
 """
 import copy
 import math
@@ -944,8 +946,8 @@ def test_regression_declared_constant_refused(declared):
         assert str(e.value).startswith(f"{fname}: "), f"{fname}: {type(e.value).__name__}: {e.value}"
 
 
-def test_regression_wide_circular_padding():
-    "Circular padding wider than the kernel reach wraps the same pixel into a window twice."
+def test_wide_circular_padding():
+    "Circular padding wider than the kernel's reach wraps one pixel into a window twice (sound at 81a32c6: a guard)."
     conv = nn.Conv2d(1, 1, 3, padding=2, padding_mode='circular', bias=False)
     with torch.no_grad(): conv.weight.fill_(1 / 3)
     model = nn.Sequential(conv).double()
