@@ -14,22 +14,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
-from .norms import _activation_constant, _declared_constant, _NOT_LIPSCHITZ, _as_tuple, conv_overlap_factor
+from .norms import (_activation_rule, _declared_constant, _overrides_forward, _is_plain_sequential, _as_tuple,
+                            conv_overlap_factor)
 from .spectral import (conv_operator_norm, _conv2d_geometry, _check_float_tensor, _check_positive_int,
-                               _check_positive_float)
+                               _check_positive_float, _check_operator_input)
 
 # %% ../nbs/01_lipschitz.ipynb #521ef150
-def activation_lipschitz(module: nn.Module) -> float:
-    "The Lipschitz constant sup|g'| of a known elementwise activation module (Softmax: 1/2); raises for any other module."
+_STRUCTURAL = (nn.Identity, nn.Flatten, nn.Unflatten)
+_HARMLESS_HOOKS = (_check_operator_input,)          # spectral_normalize's operator mode: refuses other input sizes, changes nothing
+
+def _forward_hooks(m):
+    "The forward and forward pre-hooks of module `m` that may change what it computes."
+    return [h for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()) if h not in _HARMLESS_HOOKS]
+
+def _replaces_forward(m):
+    "Whether `m`'s class replaces the forward (or __call__) of the torch layer it derives from, whose rule then does not apply."
+    return _overrides_forward(m) or type(m).__call__ is not nn.Module.__call__
+
+def activation_lipschitz(module: nn.Module, dtype: torch.dtype = torch.float64) -> float:
+    "The Lipschitz constant sup|g'| of a known elementwise activation `module` on inputs of `dtype` (Softmax: 1/2); raises otherwise."
     fn = 'activation_lipschitz'
     if not isinstance(module, nn.Module): raise TypeError(f"{fn}: module must be a torch.nn.Module, got {type(module).__name__}")
-    if isinstance(module, _NOT_LIPSCHITZ):
-        raise ValueError(f"{fn}: {type(module).__name__} jumps, so the module has no Lipschitz constant")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"{fn}: dtype must be a real floating torch.dtype (that of the inputs), got {dtype!r}")
     ps = list(module.parameters())                                       # PReLU's slopes: real values, finite
     if any(p.is_meta for p in ps): raise ValueError(f"{fn}: the module's parameters are meta tensors (they have no values)")
     if any(p.is_complex() or not torch.isfinite(p).all() for p in ps):
         raise ValueError(f"{fn}: the module's parameters are complex or contain NaN or Inf")
-    if isinstance(module, (nn.Identity, nn.Flatten, nn.Unflatten)) or (c := _activation_constant(module)) is None:
+    if _forward_hooks(module):
+        raise ValueError(f"{fn}: the module {type(module).__name__} has forward hooks, which may change what it computes")
+    if _replaces_forward(module):
+        raise ValueError(f"{fn}: the module's class {type(module).__name__} replaces torch's forward, so torch's rule does not apply")
+    c, why = (None, None) if isinstance(module, _STRUCTURAL) else _activation_rule(module, dtype)
+    if why is not None: raise ValueError(f"{fn}: module {module!r} has no certified constant in {dtype}: {why}")
+    if c is None:
         raise ValueError(f"{fn}: {type(module).__name__} is not an activation this function knows; "
                          "give the module a `lipschitz_constant` attribute if you know its constant")
     return c
@@ -82,22 +100,27 @@ def _conv_torus_bound(weight, input_shape, stride, padding, dilation, groups, pa
     return bound
 
 # %% ../nbs/01_lipschitz.ipynb #d87b09af
-_STRUCTURAL = (nn.Identity, nn.Flatten, nn.Unflatten)
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
 
 def _leaves(model, prefix=''):
-    "(name, module) of the layers of a (possibly nested) nn.Sequential; other modules, and subclasses with their own forward, are leaves."
-    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
+    "(name, module) of the layers of a (possibly nested) plain nn.Sequential; any other module (a subclass with its own forward, hooks, a declared constant) is a leaf."
+    if _is_plain_sequential(model) and not _forward_hooks(model) and not hasattr(model, 'lipschitz_constant'):
         for cname, child in model._modules.items():     # not named_children(), which skips a module used twice
             yield from _leaves(child, f"{prefix}.{cname}" if prefix else cname)
     else:
         yield prefix or type(model).__name__, model
 
-def _check_supported(name, m, fname):
-    "Raise, before any work, for a layer `lipschitz_upper_bound` cannot bound (a declared constant must be a finite real >= 0)."
+def _check_supported(name, m, fname, dtype):
+    "Raise, before any work, for a layer `lipschitz_upper_bound` cannot bound on inputs of `dtype` (a declared constant must be a finite real >= 0)."
     if hasattr(m, 'lipschitz_constant'): _declared_constant(m, name, fname); return
-    if isinstance(m, _NOT_LIPSCHITZ):
-        raise ValueError(f"{fname}: layer '{name}' ({type(m).__name__}) jumps, so the model has no Lipschitz constant")
+    where = f"{fname}: cannot bound layer '{name}' ({type(m).__name__}) of the model"
+    if _forward_hooks(m):
+        raise ValueError(f"{where}: it has forward hooks, which may change what it computes; remove them or give the module "
+                         "a `lipschitz_constant` attribute")
+    if _replaces_forward(m):
+        base = next(c for c in type(m).__mro__ if c.__module__.startswith('torch.nn.modules')).__name__
+        raise ValueError(f"{where}: its class replaces the forward of torch's {base}, so {base}'s rule does not apply; "
+                         "give it a `lipschitz_constant` attribute")
     if isinstance(m, _BATCHNORM):
         if m.training or m.running_var is None:
             raise ValueError(f"{fname}: layer '{name}' ({type(m).__name__}) depends on the batch in training mode; "
@@ -109,14 +132,15 @@ def _check_supported(name, m, fname):
         raise ValueError(f"{fname}: the model's layer '{name}' ({type(m).__name__}) has return_indices=True, so it returns a tuple "
                          "(values, indices), not a tensor the next layer can take")
     if isinstance(m, (nn.Linear, nn.modules.dropout._DropoutNd) + _MAX_POOL + _AVG_POOL + _STRUCTURAL): return
-    if _activation_constant(m) is not None: return
-    raise ValueError(f"{fname}: cannot bound layer '{name}' ({type(m).__name__}) of the model; supported: Linear, Conv2d, activations, "
-                     "1-D and 2-D max and average pooling, Flatten, eval-mode BatchNorm, Dropout in an nn.Sequential, "
-                     "or a module with a `lipschitz_constant` attribute")
+    constant, why = _activation_rule(m, dtype)
+    if why is not None: raise ValueError(f"{where} in {dtype}: {why}")
+    if constant is None:
+        raise ValueError(f"{where}; supported: Linear, Conv2d, activations, 1-D and 2-D max and average pooling, Flatten, "
+                         "eval-mode BatchNorm, Dropout in an nn.Sequential, or a module with a `lipschitz_constant` attribute")
 
 # %% ../nbs/01_lipschitz.ipynb #layer0001
-def _layer_constant(name, m, shape, out_shape, fname):
-    "(certified constant, power-iteration estimate or None) of one layer on inputs of `shape` (no batch dimension)."
+def _layer_constant(name, m, shape, out_shape, fname, dtype):
+    "(certified constant, power-iteration estimate or None) of one layer on inputs of `shape` (no batch dimension) and `dtype`."
     if hasattr(m, 'lipschitz_constant'): return _declared_constant(m, name, fname), None
     if isinstance(m, nn.Linear): return torch.linalg.matrix_norm(m.weight.detach().double(), 2).item(), None
     if isinstance(m, nn.Conv2d):
@@ -137,7 +161,7 @@ def _layer_constant(name, m, shape, out_shape, fname):
     if isinstance(m, nn.modules.dropout._DropoutNd):
         return (1.0 / (1.0 - m.p) if m.training and m.p < 1 else 1.0), None
     if isinstance(m, _STRUCTURAL): return 1.0, None
-    return _activation_constant(m), None
+    return _activation_rule(m, dtype)[0], None
 
 # %% ../nbs/01_lipschitz.ipynb #57960a9f
 class LayerBound(NamedTuple):
@@ -159,7 +183,7 @@ def _layer_shapes(layers, input_shape, tensors, fn):
     for name, m in layers:
         with torch.no_grad():
             try: y = m(x)
-            except RuntimeError as e:
+            except (RuntimeError, ValueError) as e:             # ValueError: e.g. spectral_normalize's input-size check
                 raise ValueError(f"{fn}: layer '{name}' does not accept the shape {tuple(x.shape[1:])} that "
                                  f"input_shape={tuple(input_shape)} gives it ({e})") from None
         if isinstance(m, _MAX_POOL) and torch.isinf(y).any():              # a window of padding only: -inf whatever x is
@@ -168,11 +192,24 @@ def _layer_shapes(layers, input_shape, tensors, fn):
     return shapes
 
 # %% ../nbs/01_lipschitz.ipynb #upper0002
-def _upper_bound(model, input_shape, breakdown, fn):
+def _model_dtype(tensors, dtype=None):
+    "The finest floating dtype among the model's `tensors` (and `dtype`, its inputs'); float64 if none, since any may come in."
+    dtypes = {t.dtype for t in tensors if t.dtype.is_floating_point} | ({dtype} if dtype is not None else set())
+    return min(dtypes, key=lambda d: torch.finfo(d).eps) if dtypes else torch.float64
+
+def _checked_layers(model, fn, dtype=None):
+    "(layers, tensors, dtype) of `model`, every layer checked (on inputs of the model's dtype, or `dtype`) before any work."
     if not isinstance(model, nn.Module): raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     layers = list(_leaves(model))
-    for name, m in layers: _check_supported(name, m, fn)
     tensors = list(model.parameters()) + list(model.buffers())
+    dtype = _model_dtype(tensors, dtype)
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        raise ValueError(f"{fn}: global forward hooks are registered and may change what model computes; remove them")
+    for name, m in layers: _check_supported(name, m, fn, dtype)
+    return layers, tensors, dtype
+
+def _upper_bound(model, input_shape, breakdown, fn, dtype=None):
+    layers, tensors, dtype = _checked_layers(model, fn, dtype)
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in tensors):
         raise ValueError(f"{fn}: the model has uninitialised lazy parameters; run one forward pass first")
     if any(t.is_complex() for t in tensors): raise TypeError(f"{fn}: the model has complex parameters; only real networks are bounded")
@@ -184,7 +221,7 @@ def _upper_bound(model, input_shape, breakdown, fn):
     shapes = _layer_shapes(layers, input_shape, tensors, fn)
     rows, total = [], 1.0
     for (name, m), (shape, out_shape) in zip(layers, shapes):
-        constant, estimate = _layer_constant(name, m, shape, out_shape, fn)
+        constant, estimate = _layer_constant(name, m, shape, out_shape, fn, dtype)
         rows.append(LayerBound(name, type(m).__name__, constant, estimate)); total *= constant
     bound = torch.tensor(total, dtype=torch.float64, device=tensors[0].device if tensors else 'cpu')
     return (bound, rows) if breakdown else bound
@@ -328,7 +365,7 @@ def _smoothed_copy(f):
     swapped = []
     for name, m in list(g.named_modules()):
         for cname, child in list(m._modules.items()):   # every use of a shared module
-            if isinstance(child, _PIECEWISE_LINEAR):
+            if isinstance(child, _PIECEWISE_LINEAR) and not _replaces_forward(child):
                 s = _SmoothedReLU(child); setattr(m, cname, s); swapped.append(s)
     return g, swapped
 
@@ -400,8 +437,9 @@ def certify(model: nn.Module, x: torch.Tensor, input_shape=None, steps: int = 10
     (`lipschitz_upper_bound` on inputs of `input_shape`, default x's) bounds on Lip(model), with upper/lower. Errors name `certify`."""
     fn = 'certify'
     if not isinstance(model, nn.Module): raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
+    _checked_layers(model, fn, x.dtype if isinstance(x, torch.Tensor) and x.is_floating_point() else None)
     _check_ascent(model, x, steps, lr, n_iter, beta, fn, argname='model')            # every check before any work
-    upper = _upper_bound(model, tuple(x.shape[1:]) if input_shape is None else input_shape, False, fn)
+    upper = _upper_bound(model, tuple(x.shape[1:]) if input_shape is None else input_shape, False, fn, x.dtype)
     low = _ascend(model, x, steps, lr, n_iter, beta, fn)
     lower = low.value.detach().to(upper)
     return Certificate(lower, upper, upper / lower if lower > 0 else torch.tensor(math.inf, dtype=torch.float64), low.point)

@@ -30,6 +30,20 @@ def nan_weight():
     return nn.Sequential(m)
 
 
+class BigLinear(nn.Linear):
+    "A Linear whose forward returns 100x its output: not a Linear as far as any rule is concerned."
+    def forward(self, z): return 100 * super().forward(z)
+
+
+class BigReLU(nn.ReLU):
+    def forward(self, z): return 100 * super().forward(z)
+
+
+def hooked(module):
+    module.register_forward_hook(lambda m, i, o: 100 * o)
+    return module
+
+
 def prelu(value):
     p = nn.PReLU()
     with torch.no_grad(): p.weight.fill_(value)
@@ -45,6 +59,18 @@ CASES = [
     (lambda: activation_lipschitz(prelu(float('nan'))), ValueError, "activation_lipschitz", "module"),
     (lambda: activation_lipschitz(prelu(float('inf'))), ValueError, "activation_lipschitz", "module"),
     (lambda: activation_lipschitz(nn.PReLU(device='meta')), ValueError, "activation_lipschitz", "module"),
+    (lambda: activation_lipschitz(nn.ReLU(), torch.int64), TypeError, "activation_lipschitz", "dtype"),
+    (lambda: activation_lipschitz(nn.ReLU(), torch.complex64), TypeError, "activation_lipschitz", "dtype"),
+    (lambda: activation_lipschitz(nn.ReLU(), "float32"), TypeError, "activation_lipschitz", "dtype"),
+    (lambda: activation_lipschitz(nn.ReLU(), torch.bool), TypeError, "activation_lipschitz", "dtype"),
+    (lambda: activation_lipschitz(nn.Softplus()), ValueError, "activation_lipschitz", "module"),          # float64: a jump
+    (lambda: activation_lipschitz(nn.Softplus(beta=0.0)), ValueError, "activation_lipschitz", "module"),
+    (lambda: activation_lipschitz(nn.Softplus(threshold=float('nan')), torch.float32), ValueError, "activation_lipschitz", "module"),
+    (lambda: activation_lipschitz(nn.CELU(alpha=-1.0)), ValueError, "activation_lipschitz", "module"),
+    (lambda: activation_lipschitz(nn.ELU(alpha=float('inf'))), ValueError, "activation_lipschitz", "module"),
+    (lambda: activation_lipschitz(nn.RReLU(0.5, 0.1)), ValueError, "activation_lipschitz", "module"),
+    (lambda: activation_lipschitz(BigReLU()), ValueError, "activation_lipschitz", "module"),
+    (lambda: activation_lipschitz(hooked(nn.ReLU())), ValueError, "activation_lipschitz", "module"),
     # lipschitz_upper_bound: wrong types, declared constants, parameters, shapes, modes
     (lambda: lipschitz_upper_bound(lambda z: z), TypeError, "lipschitz_upper_bound", "model"),
     (lambda: lipschitz_upper_bound(mlp, breakdown=1), TypeError, "lipschitz_upper_bound", "breakdown"),
@@ -62,6 +88,14 @@ CASES = [
     (lambda: lipschitz_upper_bound(nn.Sequential(nn.LayerNorm(4))), ValueError, "lipschitz_upper_bound", "model"),
     (lambda: lipschitz_upper_bound(nn.Sequential(nn.Threshold(0.1, 0.0))), ValueError, "lipschitz_upper_bound", "model"),
     (lambda: lipschitz_upper_bound(nn.Sequential(nn.MaxPool2d(2, return_indices=True))), ValueError, "lipschitz_upper_bound", "model"),
+    (lambda: lipschitz_upper_bound(nn.Sequential(nn.Linear(2, 2), nn.Softplus()).double()), ValueError, "lipschitz_upper_bound", "model"),
+    (lambda: lipschitz_upper_bound(nn.Sequential(nn.Softplus())), ValueError, "lipschitz_upper_bound", "model"),    # float64 assumed
+    (lambda: lipschitz_upper_bound(nn.Sequential(nn.Linear(2, 2), nn.CELU(-1.0))), ValueError, "lipschitz_upper_bound", "model"),
+    (lambda: lipschitz_upper_bound(nn.Sequential(nn.Linear(2, 2), nn.Hardshrink())), ValueError, "lipschitz_upper_bound", "model"),
+    (lambda: lipschitz_upper_bound(nn.Sequential(BigLinear(2, 2))), ValueError, "lipschitz_upper_bound", "model"),
+    (lambda: lipschitz_upper_bound(nn.Sequential(nn.Linear(2, 2), BigReLU())), ValueError, "lipschitz_upper_bound", "model"),
+    (lambda: lipschitz_upper_bound(nn.Sequential(hooked(nn.Linear(2, 2)))), ValueError, "lipschitz_upper_bound", "model"),
+    (lambda: lipschitz_upper_bound(nn.Sequential(hooked(nn.Sequential(nn.Linear(2, 2))))), ValueError, "lipschitz_upper_bound", "model"),
     (lambda: lipschitz_upper_bound(cnn), ValueError, "lipschitz_upper_bound", "input_shape"),
     (lambda: lipschitz_upper_bound(nn.Sequential(nn.AvgPool2d(2))), ValueError, "lipschitz_upper_bound", "input_shape"),
     (lambda: lipschitz_upper_bound(nn.Sequential(nn.AdaptiveMaxPool2d(2))), ValueError, "lipschitz_upper_bound", "input_shape"),
@@ -134,6 +168,10 @@ CASES = [
     (lambda: certify(nn.Sequential(nn.LayerNorm(4)).double(), x), ValueError, "certify", "model"),
     (lambda: certify(nn.Sequential(nn.BatchNorm1d(4)).double(), x), ValueError, "certify", "model"),
     (lambda: certify(nn.Sequential(nn.RReLU()).double(), x), ValueError, "certify", "model"),
+    (lambda: certify(nn.Sequential(nn.Linear(4, 4), nn.Softplus()).double(), x), ValueError, "certify", "model"),
+    (lambda: certify(nn.Sequential(nn.Linear(4, 4), nn.RReLU(0.5, 0.1)).double().eval(), x), ValueError, "certify", "model"),
+    (lambda: certify(nn.Sequential(BigLinear(4, 4)).double(), x), ValueError, "certify", "model"),
+    (lambda: certify(nn.Sequential(hooked(nn.Linear(4, 4))).double(), x), ValueError, "certify", "model"),
     (lambda: certify(cnn, torch.randn(2, 1, 5, 5, dtype=torch.float64), input_shape=(1, 2, 2)), ValueError, "certify", "input_shape"),
     (lambda: certify(cnn, torch.randn(2, 1, 5, 5, dtype=torch.float64), input_shape=7), TypeError, "certify", "input_shape"),
 ]
@@ -210,3 +248,13 @@ def test_activation_lipschitz_prelu_against_slopes():
     t = torch.linspace(-2, 2, 4001, dtype=torch.float32, requires_grad=True)
     (g,) = torch.autograd.grad(p(t).sum(), t)
     assert activation_lipschitz(p) == pytest.approx(g.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_activation_lipschitz_softplus_in_coarse_dtypes(dtype):
+    "The default Softplus's jump (2.06e-9) is below half an ulp at 20 in float32 and coarser: constant 1, the largest slope."
+    assert activation_lipschitz(nn.Softplus(), dtype) == 1.0
+    assert math.log1p(math.exp(-20)) < 0.5 * torch.finfo(dtype).eps * 20
+    t = torch.linspace(-30, 30, 60001, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(nn.Softplus()(t).sum(), t)
+    assert g.max().item() == 1.0

@@ -147,7 +147,10 @@ def test_operator_mode_is_one_lipschitz_after_warmup():
 
 
 # --- properties -------------------------------------------------------------------------------------------------------
-acts = st.sampled_from([nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Softplus, lambda: nn.LeakyReLU(0.3), nn.SiLU])
+# Softplus with threshold=40: the default threshold 20 leaves a jump of 2.06e-9 that float64 resolves, so a float64 net
+# with the default Softplus has no Lipschitz constant and is refused (test_float64_default_softplus_is_refused).
+acts = st.sampled_from([nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, lambda: nn.Softplus(threshold=40.0), lambda: nn.LeakyReLU(0.3),
+                        nn.SiLU])
 
 
 @settings(max_examples=25, deadline=None)
@@ -399,3 +402,215 @@ def test_sequential_subclass_with_its_own_forward_is_not_walked():
         lipschitz_upper_bound(nn.Sequential(res))
     res.lipschitz_constant = 1.0
     assert lipschitz_upper_bound(nn.Sequential(res)).item() == 1.0
+
+
+# --- issue 14: chapter 02's activation rules (dtype, reasons), subclasses that replace forward, hooks --------------------
+def _pair_quotient(net, x1, x2):
+    "||net(x1) - net(x2)|| / ||x1 - x2||: a ratio that one pair of inputs attains."
+    with torch.no_grad(): return (torch.linalg.vector_norm(net(x1) - net(x2)) / torch.linalg.vector_norm(x1 - x2)).item()
+
+
+def _unit_linear(dtype):
+    lin = nn.Linear(1, 1).to(dtype)
+    with torch.no_grad(): lin.weight.fill_(1.0); lin.bias.zero_()
+    return lin
+
+
+def test_float64_default_softplus_is_refused():
+    """torch's Softplus switches to x at x = threshold/beta, a jump of log(1 + e^-20) = 2.06e-9 at the defaults. A float64
+    model resolves it: the pair 20 -+ 1e-12 attains a ratio of ~1000, where the old code certified 1. Refused, with the
+    layer and the reason; float32 (where rounding hides the jump) and threshold=40 are accepted."""
+    net = nn.Sequential(_unit_linear(torch.float64), nn.Softplus())
+    x1, x2 = torch.tensor([[20 - 1e-12]], dtype=torch.float64), torch.tensor([[20 + 1e-12]], dtype=torch.float64)
+    assert _pair_quotient(net, x1, x2) > 1000
+    with pytest.raises(ValueError) as e: lipschitz_upper_bound(net)
+    msg = str(e.value)
+    assert msg.startswith("lipschitz_upper_bound: cannot bound layer '1' (Softplus)") and "torch.float64" in msg
+    assert "jumps by log(1+exp(-threshold))/|beta| = 2.06e-09" in msg
+    with pytest.raises(ValueError, match=r"^certify: cannot bound layer '1' \(Softplus\).*2\.06e-09"):
+        certify(net, torch.randn(3, 1, dtype=torch.float64), steps=2)
+    with pytest.raises(ValueError, match=r"^lipschitz_upper_bound: cannot bound layer '0' \(Softplus\).*float64"):
+        lipschitz_upper_bound(nn.Sequential(nn.Softplus()))           # no parameters: inputs of any dtype, float64 included
+    # accepted where the jump is below the dtype's resolution: the bound is then ||W|| = 1, and no pair beats it
+    for ok in (nn.Sequential(_unit_linear(torch.float32), nn.Softplus()),
+               nn.Sequential(_unit_linear(torch.float64), nn.Softplus(threshold=40.0))):
+        assert lipschitz_upper_bound(ok).item() == 1.0
+        dt = ok[0].weight.dtype
+        xs = torch.linspace(-50, 50, 200_001, dtype=dt).reshape(-1, 1)
+        with torch.no_grad(): y = ok(xs)
+        assert ((y[1:] - y[:-1]).abs() / (xs[1:] - xs[:-1])).max().item() <= 1 + 4 * torch.finfo(dt).eps * 50 / 5e-4
+    low_up = certify(nn.Sequential(_unit_linear(torch.float32), nn.Softplus()), torch.randn(3, 1), steps=2).upper
+    assert low_up.item() == 1.0
+
+
+def test_float32_softplus_rounding_hides_the_jump():
+    "On the 6000 float32 inputs nearest 20, torch's Softplus is the correctly rounded smooth softplus (the jump is invisible)."
+    x32 = (torch.tensor([20.0]).view(torch.int32) + torch.arange(-3000, 3000, dtype=torch.int32)).view(torch.float32)
+    y32 = nn.Softplus()(x32)
+    assert torch.equal(y32, torch.log1p(torch.exp(x32.double())).float())
+    assert ((y32[1:] - y32[:-1]) / (x32[1:] - x32[:-1])).eq(1).all()
+
+
+@pytest.mark.parametrize("act, reason", [
+    (nn.CELU(alpha=-1.0), "alpha=-1.0 < 0 makes the slope e^(x/alpha) unbounded"),
+    (nn.Hardshrink(0.5), "jumps by lambd=0.5 at +-lambd"),
+    (nn.RReLU(0.5, 0.1), "lower=0.5 <= upper=0.1"),
+    (nn.Softplus(beta=2.0, threshold=5.0), "jumps by log(1+exp(-threshold))/|beta|"),
+    (nn.Threshold(0.1, -1.0), "jumps from value to threshold"),
+], ids=['CELU(-1)', 'Hardshrink(0.5)', 'RReLU(0.5,0.1)', 'Softplus(2,5)', 'Threshold(0.1,-1)'])
+def test_known_but_refused_activation_names_its_reason(act, reason):
+    "A known activation refused for its settings: the error gives chapter 02's reason, not 'not an activation it knows'."
+    net = nn.Sequential(nn.Linear(2, 2), act).double().eval()
+    for call, fname in ((lambda: lipschitz_upper_bound(net), 'lipschitz_upper_bound'),
+                        (lambda: certify(net, torch.randn(3, 2, dtype=torch.float64), steps=2), 'certify'),
+                        (lambda: activation_lipschitz(act), 'activation_lipschitz')):
+        with pytest.raises(ValueError) as e: call()
+        msg = str(e.value)
+        assert msg.startswith(f"{fname}: ") and reason in msg, msg
+        if fname != 'activation_lipschitz': assert f"layer '1' ({type(act).__name__})" in msg, msg
+
+
+def test_celu_negative_alpha_slope_is_unbounded():
+    "The reason is true: CELU(alpha=-1) has slope e^{-x} on x < 0 (e^8 at x = -8), so no constant exists."
+    t = torch.linspace(-8, 0, 8001, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(nn.CELU(alpha=-1.0)(t).sum(), t)
+    assert g[0].item() == pytest.approx(math.exp(8), rel=1e-9)
+
+
+def test_activation_lipschitz_takes_the_dtype():
+    assert activation_lipschitz(nn.Softplus(), torch.float32) == 1.0
+    assert activation_lipschitz(nn.Softplus(threshold=40.0)) == 1.0 == activation_lipschitz(nn.Softplus(threshold=40.0), torch.float64)
+    with pytest.raises(ValueError, match="^activation_lipschitz: module Softplus.*torch.float64.*2.06e-09"):
+        activation_lipschitz(nn.Softplus())
+    assert activation_lipschitz(nn.Hardshrink(0.0)) == 1.0 and activation_lipschitz(nn.Threshold(1.0, 1.0)) == 1.0   # continuous
+
+
+class _Big(nn.Linear):
+    def forward(self, x): return 100 * super().forward(x)
+
+
+class _BigConv(nn.Conv2d):
+    def forward(self, x): return 100 * super().forward(x)
+
+
+class _BigReLU(nn.ReLU):
+    def forward(self, x): return 100 * super().forward(x)
+
+
+class _BigMaxPool(nn.MaxPool2d):
+    def forward(self, x): return 100 * super().forward(x)
+
+
+class _BigAvgPool(nn.AvgPool2d):
+    def forward(self, x): return 100 * super().forward(x)
+
+
+class _BigBatchNorm(nn.BatchNorm1d):
+    def forward(self, x): return 100 * super().forward(x)
+
+
+class _CallTwice(nn.Linear):
+    def __call__(self, x): return 100 * super().__call__(x)
+
+
+def _dense_at(net, x):
+    "||J_net(x)||_2 of one example x, from the dense Jacobian (torch.func.jacrev)."
+    J = jacrev(lambda z: net(z.unsqueeze(0))[0])(x)
+    return torch.linalg.matrix_norm(J.reshape(-1, x.numel()), 2).item()
+
+
+SUBCLASSES = [
+    (lambda: _Big(4, 3), nn.Linear, (4,)),
+    (lambda: _BigConv(1, 2, 3, padding=1), nn.Conv2d, (1, 5, 5)),
+    (lambda: _BigReLU(), nn.ReLU, (4,)),
+    (lambda: _BigMaxPool(2), nn.MaxPool2d, (1, 4, 4)),
+    (lambda: _BigAvgPool(2), nn.AvgPool2d, (1, 4, 4)),
+    (lambda: _BigBatchNorm(4), nn.BatchNorm1d, (4,)),
+    (lambda: _CallTwice(4, 4), nn.Linear, (4,)),
+]
+
+
+@pytest.mark.parametrize("make, base, shape", SUBCLASSES, ids=['Linear', 'Conv2d', 'ReLU', 'MaxPool2d', 'AvgPool2d',
+                                                              'BatchNorm1d', 'Linear __call__'])
+def test_subclass_that_replaces_forward_is_refused(make, base, shape):
+    """A subclass of a torch layer whose forward returns 100x its output attains (dense Jacobian) far more than its base
+    class's rule certified (the old code bounded it as its base class); refused unless it declares a constant."""
+    torch.manual_seed(0)
+    layer = make().double().eval()
+    with torch.no_grad():
+        if isinstance(layer, nn.Linear): layer.weight.copy_(torch.eye(4)[:layer.out_features] * 0.9)   # ||W|| = 0.9
+    net = nn.Sequential(layer, nn.Flatten())
+    x = torch.rand(shape, dtype=torch.float64) + 0.5                 # ReLU on, a window's maximum unique
+    attained = _dense_at(net, x)
+    old_rule = copy.deepcopy(layer); old_rule.__class__ = base       # the same layer read by its base class's rule
+    as_base = lipschitz_upper_bound(nn.Sequential(old_rule, nn.Flatten()), shape).item()
+    assert attained > 1.05 * as_base, (attained, as_base)            # the base class's certificate is beaten
+    with pytest.raises(ValueError) as e: lipschitz_upper_bound(net, shape)
+    msg = str(e.value)
+    assert msg.startswith(f"lipschitz_upper_bound: cannot bound layer '0' ({type(layer).__name__})"), msg
+    assert f"replaces the forward of torch's {base.__name__}" in msg and "lipschitz_constant" in msg
+    with pytest.raises(ValueError, match="^certify: cannot bound layer '0'"):
+        certify(net, x.unsqueeze(0), steps=2)
+    layer.lipschitz_constant = attained * 2
+    assert lipschitz_upper_bound(net, shape).item() == pytest.approx(attained * 2)
+
+
+def test_parametrized_layers_are_not_subclasses_that_replace_forward():
+    "torch's parametrize makes a ParametrizedLinear subclass; its forward is Linear's, so it is bounded by its weight."
+    lin = spectral_normalize(nn.Linear(4, 3).double()).eval()
+    assert type(lin) is not nn.Linear
+    W = torch.linalg.matrix_norm(lin.weight.detach(), 2).item()
+    assert lipschitz_upper_bound(nn.Sequential(lin)).item() == pytest.approx(W, rel=1e-12)
+
+
+def _scale_output(m, inputs, out): return 100 * out
+
+
+def _scale_input(m, inputs): return (100 * inputs[0],)
+
+
+@pytest.mark.parametrize("where, kind", [(0, 'forward'), (1, 'forward'), (1, 'pre'), ('container', 'forward'),
+                                         ('container', 'pre')])
+def test_forward_hooks_are_refused(where, kind):
+    """A forward hook or pre-hook that scales by 100 multiplies the attained constant by 100 (dense Jacobian), which the
+    old code ignored; refused unless the module declares a constant (a hook on a plain nn.Sequential too)."""
+    torch.manual_seed(1)
+    lin = nn.Linear(4, 3, bias=False).double()
+    net = nn.Sequential(lin, nn.Tanh())
+    x = 1e-4 * torch.randn(4, dtype=torch.float64)                  # tanh' ~ 1 at the point, also after scaling by 100
+    plain = _dense_at(net, x)
+    old = lipschitz_upper_bound(net).item()
+    target = net if where == 'container' else net[where]
+    if kind == 'forward': target.register_forward_hook(_scale_output)
+    else: target.register_forward_pre_hook(_scale_input)
+    outer = nn.Sequential(net)
+    attained = _dense_at(outer, x)
+    assert attained > 50 * plain and attained > 50 * old
+    with pytest.raises(ValueError) as e: lipschitz_upper_bound(outer)
+    msg = str(e.value)
+    assert msg.startswith("lipschitz_upper_bound: cannot bound layer ") and "forward hooks" in msg, msg
+    with pytest.raises(ValueError, match="^certify: cannot bound layer"): certify(outer, x.unsqueeze(0), steps=2)
+    target.lipschitz_constant = 100.0 if where == 1 else 100 * old   # a true constant of the hooked module
+    assert lipschitz_upper_bound(outer).item() >= attained * (1 - 1e-12)
+
+
+def test_global_forward_hook_is_refused():
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU()).double()
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: o)
+    try:
+        with pytest.raises(ValueError, match="^lipschitz_upper_bound: global forward hooks"): lipschitz_upper_bound(net)
+    finally:
+        handle.remove()
+    assert lipschitz_upper_bound(net).item() > 0
+
+
+def test_operator_mode_spectral_normalize_is_still_bounded():
+    """spectral_normalize(mode='operator') installs an input-size check (a forward pre-hook that changes nothing): the
+    layer is bounded (>= its dense Jacobian), and another input size is refused naming lipschitz_upper_bound."""
+    torch.manual_seed(2)
+    conv = spectral_normalize(nn.Conv2d(2, 3, 3, padding=1).double(), mode='operator', input_shape=(2, 6, 6))
+    net = nn.Sequential(conv, nn.ReLU(), nn.Flatten()).eval()
+    b = lipschitz_upper_bound(net, (2, 6, 6)).item()
+    assert b >= _dense_at(nn.Sequential(conv, nn.Flatten()), torch.zeros(2, 6, 6, dtype=torch.float64)) * (1 - 1e-12)
+    with pytest.raises(ValueError, match=r"^lipschitz_upper_bound: layer '0' does not accept .*spectral_normalize"):
+        lipschitz_upper_bound(net, (2, 8, 8))
