@@ -344,10 +344,10 @@ def jacobian_spectral_norm(f, x: torch.Tensor, n_iter: int = 50, v: torch.Tensor
     return _jacobian_power(f, x, v.to(x), n_iter)[0]
 
 # %% ../nbs/01_lipschitz.ipynb #173d2305
-_PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh)
+_PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.Hardsigmoid)
 
 class _SmoothedReLU(nn.Module):
-    "softplus with sharpness beta, shifted for ReLU6/Hardtanh and sloped for LeakyReLU: a smooth copy of a kink activation."
+    "softplus with sharpness beta, shifted for ReLU6/Hardtanh/Hardsigmoid and sloped for LeakyReLU: a smooth copy of a kink activation."
     def __init__(self, m):
         super().__init__(); self.m, self.beta = m, 1.0
     def forward(self, x):
@@ -355,6 +355,7 @@ class _SmoothedReLU(nn.Module):
         m = self.m
         if isinstance(m, nn.LeakyReLU): return m.negative_slope * x + (1 - m.negative_slope) * sp(x)
         if isinstance(m, nn.ReLU6): return sp(x) - sp(x - 6)
+        if isinstance(m, nn.Hardsigmoid): return (sp(x + 3) - sp(x - 3)) / 6   # relu6(x + 3) / 6
         if isinstance(m, nn.Hardtanh): return m.min_val + sp(x - m.min_val) - sp(x - m.max_val)
         return sp(x)
 
@@ -394,7 +395,10 @@ def _ascend(f, x, steps, lr, n_iter, beta, fn):
         for s in swapped: s.beta = beta[0] * (beta[1] / beta[0]) ** (t / max(1, steps - 1))
         _, v_s = _jacobian_power(smooth, x, v_s, n_iter)
         with torch.no_grad():
-            g = vmap(ascent_direction)(x, v_s)
+            try: g = vmap(ascent_direction)(x, v_s)
+            except RuntimeError as e:                       # an op without a second derivative in torch: stop climbing
+                if 'not implemented' not in str(e): raise
+                break
         norms = torch.linalg.vector_norm(g.flatten(1), dim=1).clamp_min(torch.finfo(g.dtype).tiny)
         x = x + lr * g / norms.view(-1, *([1] * (x.dim() - 1)))
         sigma, v = _jacobian_power(f, x, v, n_iter)          # score the true network where the smooth one led

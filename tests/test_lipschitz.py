@@ -614,3 +614,22 @@ def test_operator_mode_spectral_normalize_is_still_bounded():
     assert b >= _dense_at(nn.Sequential(conv, nn.Flatten()), torch.zeros(2, 6, 6, dtype=torch.float64)) * (1 - 1e-12)
     with pytest.raises(ValueError, match=r"^lipschitz_upper_bound: layer '0' does not accept .*spectral_normalize"):
         lipschitz_upper_bound(net, (2, 8, 8))
+
+
+class _HardSigmoidFn(nn.Module):
+    "F.hardsigmoid inside forward: not smoothable by module replacement, and torch has no second derivative for it."
+    lipschitz_constant = 1 / 6 + 1e-7
+    def forward(self, z): return torch.nn.functional.hardsigmoid(z)
+
+
+@pytest.mark.parametrize("act", [nn.Hardsigmoid(), _HardSigmoidFn()], ids=['nn.Hardsigmoid', 'F.hardsigmoid'])
+def test_ascent_through_an_op_without_second_derivative(act):
+    """certify on Linear -> hardsigmoid -> Linear raised torch's RuntimeError 'derivative for aten::hardsigmoid_backward is
+    not implemented' (found by tests/test_soundness.py); nn.Hardsigmoid is now smoothed, and where no smoothing applies the
+    ascent stops: lower <= ||J|| at its point (dense Jacobian) <= upper."""
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 2)).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    cert = certify(net, x, steps=5)
+    J = torch.linalg.matrix_norm(jacrev(lambda z: net(z.unsqueeze(0))[0])(cert.point), 2).item()
+    assert cert.lower.item() <= J * (1 + 1e-9) and J <= cert.upper.item() * (1 + 1e-9)
