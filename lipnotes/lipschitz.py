@@ -329,6 +329,24 @@ def _jacobian_power(f, x, v, n_iter):
     with torch.no_grad():
         return vmap(one)(x, v)
 
+def _batchable(f):
+    "`f`, or a copy whose eval-mode RReLUs are the LeakyReLU((lower + upper) / 2) they compute (vmap cannot batch rrelu)."
+    swap = lambda m: isinstance(m, nn.RReLU) and not m.training and not _replaces_forward(m) and not _forward_hooks(m)
+    if not isinstance(f, nn.Module) or not any(swap(m) for m in f.modules()): return f
+    if swap(f): return nn.LeakyReLU((f.lower + f.upper) / 2)
+    g = copy.deepcopy(f)
+    for m in list(g.modules()):
+        for cname, child in list(m._modules.items()):
+            if child is not None and swap(child): setattr(m, cname, nn.LeakyReLU((child.lower + child.upper) / 2))
+    return g
+
+def _vmap_refusal(fn, argname, run):
+    "run(), with torch.func's 'vmap: we do not yet support <op>' turned into a ValueError naming `fn` and `argname`."
+    try: return run()
+    except RuntimeError as e:
+        if not str(e).startswith('vmap'): raise
+        raise ValueError(f"{fn}: {argname} uses an op that torch.func.vmap cannot batch ({e})") from None
+
 # %% ../nbs/01_lipschitz.ipynb #00ddd786
 def jacobian_spectral_norm(f, x: torch.Tensor, n_iter: int = 50, v: torch.Tensor | None = None) -> torch.Tensor:
     "||J_f(x_i)||_2 for each example x_i of the batch `x`, by `n_iter` power steps (jvp, vjp) on J^T J, vectorised with vmap."
@@ -341,7 +359,7 @@ def jacobian_spectral_norm(f, x: torch.Tensor, n_iter: int = 50, v: torch.Tensor
         if nonempty and not torch.isfinite(v).all(): raise ValueError(f"{fn}: v contains NaN or Inf")
     if not nonempty: return x.new_zeros(0)                               # an empty batch has an empty answer
     _check_call(f, x, fn)
-    return _jacobian_power(f, x, v.to(x), n_iter)[0]
+    return _vmap_refusal(fn, 'f', lambda: _jacobian_power(_batchable(f), x, v.to(x), n_iter)[0])
 
 # %% ../nbs/01_lipschitz.ipynb #173d2305
 _PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh, nn.Hardsigmoid)
@@ -382,6 +400,7 @@ def _check_ascent(f, x, steps, lr, n_iter, beta, fn, argname='f'):
 
 def _ascend(f, x, steps, lr, n_iter, beta, fn):
     "The ascent of `lipschitz_lower_bound` on checked arguments."
+    f = _batchable(f)
     smooth, swapped = _smoothed_copy(f)
     s1 = _single(smooth)
     def ascent_direction(xi, vi):                           # d/dx ||J_smooth(x) v|| at fixed v (Danskin: the gradient of sigma_1)
@@ -425,7 +444,7 @@ def lipschitz_lower_bound(f, x: torch.Tensor, steps: int = 100, lr: float = 0.1,
     whose ReLU-type activations are softplus with beta growing geometrically over `beta`; every value is a true ||J_f(x) v||."""
     fn = 'lipschitz_lower_bound'
     _check_ascent(f, x, steps, lr, n_iter, beta, fn)
-    return _ascend(f, x, steps, lr, n_iter, beta, fn)
+    return _vmap_refusal(fn, 'f', lambda: _ascend(f, x, steps, lr, n_iter, beta, fn))
 
 # %% ../nbs/01_lipschitz.ipynb #5e760899
 class Certificate(NamedTuple):
@@ -444,6 +463,6 @@ def certify(model: nn.Module, x: torch.Tensor, input_shape=None, steps: int = 10
     _checked_layers(model, fn, x.dtype if isinstance(x, torch.Tensor) and x.is_floating_point() else None)
     _check_ascent(model, x, steps, lr, n_iter, beta, fn, argname='model')            # every check before any work
     upper = _upper_bound(model, tuple(x.shape[1:]) if input_shape is None else input_shape, False, fn, x.dtype)
-    low = _ascend(model, x, steps, lr, n_iter, beta, fn)
+    low = _vmap_refusal(fn, 'model', lambda: _ascend(model, x, steps, lr, n_iter, beta, fn))
     lower = low.value.detach().to(upper)
     return Certificate(lower, upper, upper / lower if lower > 0 else torch.tensor(math.inf, dtype=torch.float64), low.point)

@@ -633,3 +633,22 @@ def test_ascent_through_an_op_without_second_derivative(act):
     cert = certify(net, x, steps=5)
     J = torch.linalg.matrix_norm(jacrev(lambda z: net(z.unsqueeze(0))[0])(cert.point), 2).item()
     assert cert.lower.item() <= J * (1 + 1e-9) and J <= cert.upper.item() * (1 + 1e-9)
+
+
+def test_eval_rrelu_is_batched_as_the_leaky_relu_it_computes():
+    """torch.func.vmap has no rule for rrelu: certify on an eval-mode RReLU net raised torch's RuntimeError (found by
+    tests/test_soundness.py). It is evaluated as LeakyReLU((lower + upper) / 2), the same numbers; checked against dense
+    Jacobians; an op vmap cannot batch in a plain function is refused naming the function."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(4, 3), nn.RReLU(0.1, 0.4), nn.Linear(3, 2)).double().eval()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    assert torch.equal(net[1](x), nn.LeakyReLU(0.25)(x))
+    dense = torch.stack([torch.linalg.matrix_norm(jacrev(lambda z: net(z.unsqueeze(0))[0])(xi), 2) for xi in x]).detach()
+    assert torch.allclose(jacobian_spectral_norm(net, x, n_iter=300), dense, rtol=1e-8)
+    cert = certify(net, x, steps=5)
+    J = torch.linalg.matrix_norm(jacrev(lambda z: net(z.unsqueeze(0))[0])(cert.point), 2).item()
+    assert cert.lower.item() <= J * (1 + 1e-9) and J <= cert.upper.item() * (1 + 1e-9)
+    assert isinstance(net[1], nn.RReLU)                                   # the caller's model is untouched
+    for call, fname in ((lambda: jacobian_spectral_norm(lambda z: torch.nn.functional.rrelu(z), x), 'jacobian_spectral_norm'),
+                        (lambda: lipschitz_lower_bound(lambda z: torch.nn.functional.rrelu(z), x, steps=2), 'lipschitz_lower_bound')):
+        with pytest.raises(ValueError, match=f"^{fname}: f uses an op that torch.func.vmap cannot batch"): call()
