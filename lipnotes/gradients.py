@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
 from .lipschitz import _check_function, _leaves
+from .norms import _uses_torch_call_path
 
 # %% ../nbs/04_gradient_inequality.ipynb #86c0b3b3
 def _check_not_meta(x, fname, argname='x'):
@@ -105,6 +106,18 @@ _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GE
                 nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
                 nn.Softshrink, nn.Hardshrink, nn.Threshold, nn.RReLU, nn.PReLU, nn.Identity, nn.modules.dropout._DropoutNd)
 
+def _check_plain_layer(name, m, fname):
+    "Refuse a layer that may not compute what its torch class does: replaced call path, hooks, a parametrised weight."
+    where = f"{fname}: model layer '{name}' ({type(m).__name__})"
+    if isinstance(m, (nn.Linear, nn.Sequential, *_ELEMENTWISE)) and not _uses_torch_call_path(m):
+        raise ValueError(f"{where} replaces torch's forward or call path (in its class or on the instance), so it may not "
+                         "compute what its torch layer does; the inequality is proved for MLPs h -> g(W h + b)")
+    if m._forward_hooks or m._forward_pre_hooks:
+        raise ValueError(f"{where} has forward hooks (old-style weight_norm is one), which may change what it computes")
+    if nn.utils.parametrize.is_parametrized(m):
+        raise ValueError(f"{where} has a parametrised weight (weight_norm, spectral_norm, ...): theta here is the W and b "
+                         "themselves; call torch.nn.utils.parametrize.remove_parametrizations first")
+
 def _mlp_layers(model, x, fname):
     "(name, Linear) for each linear layer of an nn.Sequential MLP, checked against x's width; raises for anything else."
     if not isinstance(model, nn.Sequential):
@@ -114,6 +127,7 @@ def _mlp_layers(model, x, fname):
         raise ValueError(f"{fname}: x must be a batch of feature vectors (batch, features), got shape {tuple(x.shape)}")
     layers, seen, width = [], {}, x.shape[1]
     for name, m in _leaves(model):
+        _check_plain_layer(name, m, fname)
         if m in seen:
             raise ValueError(f"{fname}: model layer '{name}' is the same module as '{seen[m]}'; shared weights are not an MLP "
                              "with one W_t per layer")

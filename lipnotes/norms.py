@@ -95,10 +95,22 @@ def _max_abs_slope(fn, lo=-12.0, hi=12.0):
         lo, hi = x[i].item() - 2 * step, x[i].item() + 2 * step
     return d.abs().max().item() * (1 + 1e-9)                   # the grid's maximum, nudged up by the refinement's error
 
+_CALL_PATH = ('forward', '__call__', '_call_impl', '_wrapped_call_impl', '_conv_forward')
+_SEQUENTIAL_PATH = ('__iter__', '__getitem__', '__len__')      # Sequential.forward runs `for module in self`
+
+def _torch_base(m):
+    "The torch.nn class `m` derives from: the first class in its MRO defined in torch.nn.modules (nn.Module at the latest)."
+    return next(c for c in type(m).__mro__ if c.__module__.startswith('torch.nn.modules'))
+
+def _uses_torch_call_path(m) -> bool:
+    "Whether calling `m` runs its torch base class's own code: neither its class nor the instance replaces a method on the way."
+    names = _CALL_PATH + (_SEQUENTIAL_PATH if isinstance(m, nn.Sequential) else ())
+    base = _torch_base(m)
+    return not any(n in vars(m) for n in names) and all(getattr(type(m), n, None) is getattr(base, n, None) for n in names)
+
 def _overrides_forward(m):
-    "Whether `m`'s class replaces the forward of the torch.nn layer it derives from (then that layer's rule does not apply)."
-    base = next(c for c in type(m).__mro__ if c.__module__.startswith('torch.nn.modules'))
-    return base is not nn.Module and type(m).forward is not base.forward
+    "Whether `m`, a torch.nn layer or a subclass of one, does not run that layer's call path (then the layer's rule does not apply)."
+    return _torch_base(m) is not nn.Module and not _uses_torch_call_path(m)
 
 def _real(m, *names):
     "The settings `names` of module `m` as floats, or None if one is not a finite real number."
@@ -156,7 +168,7 @@ def _cached_slope(key, fn):
 
 def _activation_rule(m, dtype=torch.float32):
     "(constant, None) for a known activation; (None, reason) for a known one with no sure constant; (None, None) if unknown."
-    if _overrides_forward(m): return None, f"its class {type(m).__name__} overrides torch's forward"
+    if _overrides_forward(m): return None, f"{type(m).__name__} (its class or the instance) replaces torch's forward or call path"
     if isinstance(m, _ONE_LIPSCHITZ): return 1.0, None
     if isinstance(m, nn.Sigmoid): return 0.25, None
     if isinstance(m, _SOFTMAX): return 0.5, None
@@ -197,8 +209,8 @@ def _declared_constant(module, name, fname):
     return c
 
 def _is_plain_sequential(module):
-    "An nn.Sequential whose forward is torch's own: the chain of its children, in order."
-    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+    "An nn.Sequential that runs torch's own call path (forward, __call__, __iter__, ...): the chain of its children, in order."
+    return isinstance(module, nn.Sequential) and _uses_torch_call_path(module)
 
 def _module_lipschitz(module, name, fname, weight_bound, dtype=torch.float32):
     "An upper bound on the Lipschitz constant of `module`, with `weight_bound(layer)` bounding each Linear/Conv layer."
@@ -208,7 +220,9 @@ def _module_lipschitz(module, name, fname, weight_bound, dtype=torch.float32):
         raise ValueError(f"{fname}: module '{name or type(module).__name__}' of model has forward hooks, which may change "
                          "what it computes; remove them or give the module a `lipschitz_constant` attribute")
     if _overrides_forward(module):
-        raise ValueError(f"{fname}: cannot bound {where}: its class overrides torch's forward; give it a `lipschitz_constant`")
+        raise ValueError(f"{fname}: cannot bound {where}: its class overrides torch's forward or another method on torch's "
+                         f"call path, or the instance does ({', '.join(_CALL_PATH + _SEQUENTIAL_PATH)}), so it may not "
+                         "compute what its torch layer does; give it a `lipschitz_constant`")
     if isinstance(module, _WEIGHT_LAYERS):
         b = weight_bound(module)
         if isinstance(module, nn.modules.conv._ConvNd):

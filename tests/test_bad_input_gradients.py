@@ -29,6 +29,24 @@ FROZEN = copy.deepcopy(NET).requires_grad_(False)
 F32_NET = copy.deepcopy(NET).float()
 
 
+class _OwnTanh(nn.Tanh):
+    def forward(self, z): return 3 * torch.tanh(z)
+
+
+def _instance_net():
+    net = copy.deepcopy(NET)
+    net[2].forward = lambda z: F.linear(z, net[2].weight, net[2].bias) + 2 * z[:, :2]
+    return net
+
+
+WN_NET = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(3, 4)), nn.Tanh(), nn.Linear(4, 2)).double()
+SN_NET = nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(3, 4)), nn.Tanh(), nn.Linear(4, 2)).double()
+with pytest.warns(FutureWarning):                            # torch deprecates the old-style weight_norm, which is a hook
+    OLD_WN_NET = nn.Sequential(nn.utils.weight_norm(nn.Linear(3, 4)), nn.Tanh(), nn.Linear(4, 2)).double()
+OWN_ACT_NET = nn.Sequential(nn.Linear(3, 4), _OwnTanh(), nn.Linear(4, 2)).double()
+INSTANCE_NET = _instance_net()
+
+
 def dtype_x(dtype):
     return (X * 3).to(dtype)
 
@@ -110,6 +128,13 @@ BAD = [
     ('gradient_inequality', lambda: gradient_inequality(NET, X, S, jacobian_ord=None), ValueError, 'jacobian_ord'),
     ('gradient_inequality', lambda: gradient_inequality(NET, X, S, jacobian_ord=float('inf')), ValueError, 'jacobian_ord'),
     ('gradient_inequality', lambda: gradient_inequality(NET, X, S, jacobian_ord=-2), ValueError, 'jacobian_ord'),
+    # ATTACK H2: parametrised or hooked Linear weights (bare KeyError '0.weight' before), activation subclass with its own
+    # forward (bare IndexError before), a forward replaced on the instance (ATTACK I)
+    ('gradient_inequality', lambda: gradient_inequality(WN_NET, X, S), ValueError, 'model'),
+    ('gradient_inequality', lambda: gradient_inequality(SN_NET, X, S), ValueError, 'model'),
+    ('gradient_inequality', lambda: gradient_inequality(OLD_WN_NET, X, S), ValueError, 'model'),
+    ('gradient_inequality', lambda: gradient_inequality(OWN_ACT_NET, X, S), ValueError, 'model'),
+    ('gradient_inequality', lambda: gradient_inequality(INSTANCE_NET, X, S), ValueError, 'model'),
 ]
 
 

@@ -408,3 +408,39 @@ def test_tuple_outputs():
     assert torch.allclose(param_grad_norm(lambda o: o[0].sum(1), m, x), ref, rtol=1e-12)
     with pytest.raises(ValueError, match=r"^input_grad_norm: f must map the input batch .* returned tuple"):
         input_grad_norm(lambda z: (z.sum(1), z), x)
+
+
+# --- ATTACK finding I: the layer walk follows torch's own call path only ----------------------------------------------
+def _attack_i_models():
+    "The attacker's two models: a Linear whose forward is replaced on the instance, a Sequential whose __iter__ stops early."
+    torch.manual_seed(0)
+    l2 = nn.Linear(3, 3).double()
+    l2.weight.data *= 0.01
+    l2.forward = lambda z: F.linear(z, l2.weight, l2.bias) + 2 * z
+
+    class FirstOnly(nn.Sequential):
+        def __iter__(self): return iter(list(self._modules.values())[:1])
+    return [nn.Sequential(nn.Linear(3, 3), nn.Tanh(), l2).double(),
+            FirstOnly(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)).double()]
+
+
+@pytest.mark.parametrize('model', _attack_i_models(), ids=['instance-forward', 'sequential-iter'])
+def test_replaced_call_path_is_refused(model):
+    "The old walk read these as plain MLPs and returned lhs > rhs (8.8e4 against 34 for the first); now a clear refusal."
+    x = torch.randn(4, 3, dtype=D)
+    with pytest.raises(ValueError, match=r"^gradient_inequality: model layer '.*' \(.*\) replaces torch's forward or call path"):
+        gradient_inequality(model, x, lambda o: o.sum(1))
+
+
+def test_refused_models_break_the_inequality_that_the_walk_assumed():
+    "Why refusing is right: for the instance-forward model, lhs computed from the Linear reading exceeds the true rhs."
+    model = _attack_i_models()[0]
+    x = torch.randn(4, 3, dtype=D)
+    plain = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)).double()    # what the walk took it for
+    plain.load_state_dict(model.state_dict())
+    gx = torch.func.vmap(torch.func.grad(lambda z: model(z[None]).sum()))(x)          # the true model's input gradient
+    read = gradient_inequality(plain, x, lambda o: o.sum(1))
+    fake_lhs = gx.pow(2).sum(1) * read.lhs / read.input_grad_norm.pow(2)
+    true_rhs = torch.stack([sum(g.pow(2).sum() for g in torch.autograd.grad(model(z[None]).sum(), list(model.parameters())))
+                            for z in x])
+    assert (fake_lhs > true_rhs).all()

@@ -332,3 +332,85 @@ def test_half_precision_bound_rounds_up():
         b = frobenius_lipschitz_bound(net)
         assert b.dtype == torch.float16 and b.item() >= exact
         assert b.item() <= exact * (1 + 2 ** -10)
+
+
+# --- ATTACK findings A, B, C: only torch's own call path is walked (class AND instance) ----------------------------------
+def _old_walk(net):
+    "What the walk returned before the call-path check: the product of the Frobenius bounds of the Linear/Conv weights."
+    return math.prod(m.weight.norm().item() * (conv_overlap_factor(tuple(m.kernel_size)) if isinstance(m, nn.Conv2d) else 1)
+                     for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+
+
+def _attack_models():
+    torch.set_default_dtype(F64)
+    try:
+        torch.manual_seed(0)
+        lin = nn.Linear(3, 3)
+        lin.forward = lambda x: 10 * nn.functional.linear(x, lin.weight, lin.bias)          # A: forward on the instance
+
+        class Twice(nn.Sequential):                                                           # B: the chain run twice
+            def __iter__(self): return iter(list(self._modules.values()) * 2)
+
+        class Scaled(nn.Sequential):                                                          # B: 10 times the chain
+            def __call__(self, x): return 10 * super().__call__(x)
+
+        class Cv(nn.Conv2d):                                                                  # C: a helper on the path
+            def _conv_forward(self, x, w, b): return super()._conv_forward(10 * x, w, b)
+
+        class Impl(nn.Linear):                                                                # C: _call_impl
+            def _call_impl(self, x): return 10 * super()._call_impl(x)
+
+        class Getitem(nn.Sequential):                                                         # __getitem__/__len__
+            def __len__(self): return 0
+
+        twice = Twice(nn.Linear(3, 3))
+        twice[0].weight.data = 2 * torch.eye(3)
+        return [('A', nn.Sequential(lin), (3,)), ('B-iter', twice, (3,)), ('B-call', Scaled(nn.Linear(3, 3)), (3,)),
+                ('C-conv', nn.Sequential(Cv(1, 1, 3, padding=1)), (1, 5, 5)), ('C-impl', nn.Sequential(Impl(3, 3)), (3,)),
+                ('len', Getitem(nn.Linear(3, 3)), (3,))]
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize('label, net, shape', _attack_models(), ids=lambda v: v if isinstance(v, str) else '')
+def test_replaced_call_path_is_refused(label, net, shape):
+    "Each of the attacker's models: the old walk's value is below the true constant (dense Jacobian); the bound now refuses."
+    if label != 'len':
+        assert _old_walk(net) < dense_norm(net, shape)
+    with pytest.raises(ValueError, match=r"^frobenius_lipschitz_bound: cannot bound module '.*' \(.*\) of model: its class "
+                                         r"overrides torch's forward or another method on torch's call path"):
+        frobenius_lipschitz_bound(net)
+    net.lipschitz_constant = dense_norm(net, shape)                 # a declared constant is honoured
+    assert frobenius_lipschitz_bound(net).item() == pytest.approx(net.lipschitz_constant)
+
+
+def test_attack_values_are_the_reported_ones():
+    "The attacker's numbers: Twice with W = 2I has true constant 4 and old bound ||2I||_F = 2 sqrt 3; its lambda-forward Linear 10 ||W||_2."
+    models = {label: (net, shape) for label, net, shape in _attack_models()}
+    twice, _ = models['B-iter']
+    assert dense_norm(twice, (3,)) == pytest.approx(4.0) and _old_walk(twice) == pytest.approx(2 * math.sqrt(3))
+    a, _ = models['A']
+    assert dense_norm(a, (3,)) == pytest.approx(10 * torch.linalg.matrix_norm(a[0].weight, 2).item())
+
+
+def test_uses_torch_call_path_accepts_torch_layers_and_parametrizations():
+    "Plain torch layers, plain subclasses and parametrised layers (weight_norm, spectral_norm, spectral_normalize) keep the path."
+    from lipnotes.norms import _is_plain_sequential, _overrides_forward, _uses_torch_call_path
+    from lipnotes.spectral import spectral_normalize
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+
+    class Quiet(nn.Linear):
+        pass
+    torch.manual_seed(0)
+    layers = [nn.Linear(3, 3), nn.Conv2d(1, 1, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 3)), Quiet(3, 3),
+              weight_norm(nn.Linear(3, 3)), spectral_norm(nn.Linear(3, 3)), spectral_normalize(nn.Linear(3, 3))]
+    for m in layers:
+        assert _uses_torch_call_path(m) and not _overrides_forward(m), type(m).__name__
+    assert type(layers[5]).__name__ == 'ParametrizedLinear' and _is_plain_sequential(layers[3])
+    for wrap in (weight_norm, spectral_norm, spectral_normalize):
+        net = nn.Sequential(wrap(nn.Linear(3, 3).double()), nn.Tanh(), nn.Linear(3, 2).double()).eval()
+        true = max(torch.linalg.matrix_norm(jacrev(net)(x), 2).item() for x in torch.randn(32, 3, dtype=F64))
+        assert true <= frobenius_lipschitz_bound(net).item() * (1 + 1e-12)
+    lin = nn.Linear(3, 3)
+    lin.forward = lin.forward                                     # even a same-looking forward on the instance is refused
+    assert not _uses_torch_call_path(lin) and _overrides_forward(lin)
