@@ -97,15 +97,15 @@ def _check_labels(labels, num_classes, fname, argname, ignore_index=None, checke
 def _diagnose_loss(logits, target, fname):
     "Name the argument that made the loss NaN or inf."
     if torch.isnan(logits).any(): raise ValueError(f"{fname}: logits contain NaN")
-    if torch.isinf(logits).any(): raise ValueError(f"{fname}: logits contain inf (the loss is then inf or NaN)")
+    if torch.isinf(logits).any(): raise ValueError(f"{fname}: logits contain inf or -inf (refused, even where the loss would be finite)")
     if target.is_floating_point() and not torch.isfinite(target).all(): raise ValueError(f"{fname}: target contains NaN or inf")
     raise ValueError(f"{fname}: the loss is not finite: an empty batch, or every target equal to ignore_index, leaves "
                      "reduction='mean' nothing to average (use reduction='sum' or 'none')")
 
 def _adjusted_cross_entropy(logits, target, priors, tau, reduction, ignore_index, fname):
     """Checks logits and target, and the priors again (they may have changed since they were checked), shifts and calls
-    F.cross_entropy; refuses a loss that is not finite. Two host syncs when all is well: labels and priors before, one
-    finiteness reduction over the (reduced) loss after."""
+    F.cross_entropy; refuses a loss that is not finite. Two host syncs when all is well: labels, priors and the
+    finiteness of the logits before, one finiteness reduction over the (reduced) loss after."""
     cdim = _check_logits(logits, fname)
     K = logits.shape[cdim]
     _check_prior_tensor(priors, K, fname)
@@ -113,17 +113,18 @@ def _adjusted_cross_entropy(logits, target, priors, tau, reduction, ignore_index
     if target.is_floating_point():                                # class probabilities, the shape of logits
         if target.shape != logits.shape:
             raise ValueError(f"{fname}: probability targets must have the shape of logits {tuple(logits.shape)}, got {tuple(target.shape)}")
-        target, ok = target.to(logits.dtype), _priors_ok(priors)
+        target, ok = target.to(logits.dtype), _priors_ok(priors) & torch.isfinite(logits).all()
     else:
         expected = logits.shape[:cdim] + logits.shape[cdim + 1:]
         if target.shape != expected:
             raise ValueError(f"{fname}: target must have shape {tuple(expected)} for logits of shape {tuple(logits.shape)}, "
                              f"got {tuple(target.shape)}")
         _check_labels(target, K, fname, 'target', ignore_index, checked=True)   # dtype only
-        target, ok = target.long(), _priors_ok(priors) & ~_label_errors(target, K, ignore_index)
+        target, ok = target.long(), _priors_ok(priors) & ~_label_errors(target, K, ignore_index) & torch.isfinite(logits).all()
     if not ok:                                                    # one host sync; diagnose only on failure
         _check_priors(priors, K, fname)
-        if not target.is_floating_point(): _check_labels(target, K, fname, 'target', ignore_index, checked=False)
+        if not target.is_floating_point(): _check_labels(target, K, fname, 'target', ignore_index)
+        _diagnose_loss(logits, target, fname)                     # the logits are not finite
     shift = 0 if tau == 0 else tau * _log_priors(priors.to(device=logits.device, dtype=logits.dtype), logits, cdim)
     loss = F.cross_entropy(logits + shift, target, reduction=reduction, ignore_index=ignore_index)
     if not torch.isfinite(loss).all(): _diagnose_loss(logits, target, fname)

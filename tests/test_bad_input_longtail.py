@@ -17,6 +17,7 @@ X = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_se
 T = torch.tensor([0, 1, 2, 3, 0, 1])
 NAN_X = X.clone(); NAN_X[1, 2] = float('nan')
 INF_X = X.clone(); INF_X[0, 0] = float('inf')
+NINF_OFF = X.clone(); NINF_OFF[0, 3] = -float('inf')       # -inf on a class that is not the target: the loss would be finite
 META = lambda *s: torch.empty(*s, device='meta')
 f64 = lambda *v: torch.tensor(v, dtype=torch.float64)
 L, M, PH, PCE, BE, CP = 'logit_adjusted_loss', 'LogitAdjustedLoss', 'posthoc_adjust', 'per_class_error', 'balanced_error', 'class_priors'
@@ -54,6 +55,10 @@ CASES = [  # (name, call, exception, function name, argument name)
     # logit_adjusted_loss: logits
     ('loss NaN logits', lambda: logit_adjusted_loss(NAN_X, T, P), ValueError, L, 'logits'),
     ('loss inf logits', lambda: logit_adjusted_loss(INF_X, T, P), ValueError, L, 'logits'),
+    ('loss -inf logits', lambda: logit_adjusted_loss(-INF_X, T, P), ValueError, L, 'logits'),
+    ('loss -inf non-target logit', lambda: logit_adjusted_loss(NINF_OFF, T, P), ValueError, L, 'logits'),
+    ('loss -inf non-target, probability target', lambda: logit_adjusted_loss(NINF_OFF, F.one_hot(T, 4).double(), P), ValueError, L, 'logits'),
+    ('module -inf non-target logit', lambda: LogitAdjustedLoss(P)(NINF_OFF, T), ValueError, M, 'logits'),
     ('loss int logits', lambda: logit_adjusted_loss(X.long(), T, P), TypeError, L, 'logits'),
     ('loss bool logits', lambda: logit_adjusted_loss(X > 0, T, P), TypeError, L, 'logits'),
     ('loss complex logits', lambda: logit_adjusted_loss(X.to(torch.complex128), T, P), TypeError, L, 'logits'),
@@ -204,8 +209,6 @@ def test_degenerate_but_valid_inputs_have_their_right_answer():
     assert logit_adjusted_loss(X[:0], T[:0], P, reduction='none').shape == (0,)
     t = T.clone(); t[:3] = -100                                          # some ignored: the mean over the rest
     assert torch.allclose(logit_adjusted_loss(X, t, P), _ref(X, t), rtol=1e-12)
-    x = X.clone(); x[0, 3] = -float('inf')                               # probability 0 for a class that is not the target
-    assert T[0] != 3 and torch.allclose(logit_adjusted_loss(x, T, P), _ref(x, T), rtol=1e-12)
     assert posthoc_adjust(X[:0], P).shape == (0, 4)
     inf = X.clone(); inf[2, 1] = float('inf')                             # +inf: that class, whatever the shift
     assert posthoc_adjust(inf, P).argmax(1)[2] == 1 and per_class_error(inf, T, 4).count.sum() == 6

@@ -158,6 +158,17 @@ def test_nan_logits_are_refused_everywhere():
             call()
 
 
+def test_any_non_finite_logit_is_refused_by_the_loss():
+    "Reader a1: Ch08 says infinite logits are refused, but a -inf logit the loss survived returned a finite loss (0)."
+    x = torch.tensor([[0.0, -math.inf]], dtype=torch.float64)
+    assert F.cross_entropy(x, torch.tensor([0])).item() == 0                 # finite: the old code returned it
+    for call, name in [(lambda: logit_adjusted_loss(x, torch.tensor([0]), torch.tensor([0.5, 0.5])), 'logit_adjusted_loss'),
+                       (lambda: LogitAdjustedLoss(torch.tensor([0.5, 0.5]))(x, torch.tensor([0])), 'LogitAdjustedLoss'),
+                       (lambda: logit_adjusted_loss(x, torch.tensor([[1.0, 0.0]]), torch.tensor([0.5, 0.5]), tau=0), 'logit_adjusted_loss')]:
+        with pytest.raises(ValueError, match=rf"^{name}: logits contain inf or -inf"):
+            call()
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16])
 def test_narrow_targets_match_cross_entropy_with_int64(dtype):
     "Issue 14 obscure errors: int32/int16 targets were accepted, then F.cross_entropy failed."
