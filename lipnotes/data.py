@@ -18,7 +18,7 @@ def _check_int(n, fname, argname, minimum, maximum=None):
     if maximum is not None and n > maximum: raise ValueError(f"{fname}: {argname} must be <= {maximum}, got {n}")
     return int(n)                                                             # numpy integers become Python ints
 
-def _check_seed(seed, fname): return _check_int(seed, fname, 'seed', 0, 2**64 - 1)    # torch.Generator.manual_seed's range
+def _check_seed(seed, fname): return _check_int(seed, fname, 'seed', 0, 2**64 - 1)    # manual_seed's non-negative range (negatives refused)
 
 def _check_real(x, fname, argname, lo, hi, lo_open=False, hi_open=False):
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
