@@ -28,7 +28,7 @@ def _forward_hooks(m):
     return [h for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()) if h not in _HARMLESS_HOOKS]
 
 def _replaces_forward(m):
-    "Whether `m`'s class replaces the forward (or __call__) of the torch layer it derives from, whose rule then does not apply."
+    "Whether `m` (its class or the instance) replaces a step of the call path of the torch layer it derives from, whose rule then does not apply."
     return _overrides_forward(m) or type(m).__call__ is not nn.Module.__call__
 
 def activation_lipschitz(module: nn.Module, dtype: torch.dtype = torch.float64) -> float:
@@ -110,6 +110,18 @@ def _leaves(model, prefix=''):
     else:
         yield prefix or type(model).__name__, model
 
+def _check_batchnorm(name, m, fname):
+    "Refuse running statistics or affine parameters that give no finite map: NaN or Inf in one, or running_var + eps <= 0."
+    where = f"{fname}: layer '{name}' ({type(m).__name__}) of the model"
+    stats = [(a, getattr(m, a)) for a in ('running_mean', 'running_var', 'weight', 'bias')]
+    stats = [(a, t) for a, t in stats if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_meta]
+    for a, t in stats:
+        if not torch.isfinite(t).all(): raise ValueError(f"{where} has NaN or Inf in its {a}")
+    var = dict(stats).get('running_var')
+    if var is not None and not (var.detach().double() + m.eps > 0).all():   # a variance: 1/sqrt(var + eps) must be real
+        raise ValueError(f"{where} has running_var + eps <= 0 (min {(var.detach().double() + m.eps).min().item():.3g}, eps "
+                         f"{m.eps!r}), so 1/sqrt(running_var + eps) is not a finite real scale")
+
 def _check_supported(name, m, fname, dtype):
     "Raise, before any work, for a layer `lipschitz_upper_bound` cannot bound on inputs of `dtype` (a declared constant must be a finite real >= 0)."
     if hasattr(m, 'lipschitz_constant'): _declared_constant(m, name, fname); return
@@ -119,13 +131,14 @@ def _check_supported(name, m, fname, dtype):
                          "a `lipschitz_constant` attribute")
     if _replaces_forward(m):
         base = next(c for c in type(m).__mro__ if c.__module__.startswith('torch.nn.modules')).__name__
-        raise ValueError(f"{where}: its class replaces the forward of torch's {base}, so {base}'s rule does not apply; "
+        raise ValueError(f"{where}: its class or the instance replaces the forward of torch's {base} (or another step of its "
+                         f"call path: __call__, _call_impl, _conv_forward, ...), so {base}'s rule does not apply; "
                          "give it a `lipschitz_constant` attribute")
     if isinstance(m, _BATCHNORM):
         if m.training or m.running_var is None:
             raise ValueError(f"{fname}: layer '{name}' ({type(m).__name__}) depends on the batch in training mode; "
                              "call model.eval() (or use running statistics)")
-        return
+        _check_batchnorm(name, m, fname); return
     if isinstance(m, nn.Conv2d) and not isinstance(m, nn.ConvTranspose2d):
         _conv2d_geometry(m, fname); return
     if isinstance(m, _MAX_POOL) and m.return_indices:
@@ -181,6 +194,9 @@ def _layer_shapes(layers, input_shape, tensors, fn):
     x = torch.zeros(1, *shape, dtype=dtype, device=tensors[0].device if tensors else 'cpu')
     shapes = []
     for name, m in layers:
+        if isinstance(m, nn.Conv2d) and not hasattr(m, 'lipschitz_constant') and x.dim() != 4:   # torch would read (H, W) as (C, W)
+            raise ValueError(f"{fn}: layer '{name}' ({type(m).__name__}) needs inputs of shape (C, H, W), but "
+                             f"input_shape={tuple(input_shape)} gives it shape {tuple(x.shape[1:])}")
         with torch.no_grad():
             try: y = m(x)
             except (RuntimeError, ValueError) as e:             # ValueError: e.g. spectral_normalize's input-size check
@@ -398,6 +414,23 @@ def _check_ascent(f, x, steps, lr, n_iter, beta, fn, argname='f'):
         raise ValueError(f"{fn}: beta must be a pair (start, end) of positive numbers, got {beta!r}")
     _check_call(f, x, fn, argname)
 
+def _attained_ratio(f, xi, vi):
+    """min(||f(x+hv) - f(x)|| / ||h v||, ||f(x+hv) - f(x-hv)|| / ||2h v||) at one example `xi` along `vi`, h = 1e-6 (1 + ||x||):
+    ratios of real pairs, evaluated in float64 (a float64 copy of a module, a function on float64 inputs); where f refuses
+    float64, in xi's dtype with h = sqrt(eps) (1 + ||x||), and the value then includes that dtype's rounding of f."""
+    x, v = xi.detach().unsqueeze(0), _unit(vi.detach().double()).unsqueeze(0)
+    for dt in (torch.float64, xi.dtype):
+        try:
+            g = copy.deepcopy(f).to(dt) if isinstance(f, nn.Module) else f
+            h = (1e-6 if dt == torch.float64 else torch.finfo(dt).eps ** 0.5) * (1 + torch.linalg.vector_norm(x.double()).item())
+            pts = [(x.double() + s * h * v).to(dt) for s in (1, 0, -1)]    # the pairs' actual (rounded) points
+            with torch.no_grad(): ys = [g(p) for p in pts]
+            if all(isinstance(y, torch.Tensor) and y.dtype == dt for y in ys): break
+        except (RuntimeError, TypeError): pass
+    ratio = lambda i, j: (torch.linalg.vector_norm((ys[i] - ys[j]).double())
+                          / torch.linalg.vector_norm((pts[i] - pts[j]).double()).clamp_min(torch.finfo(torch.float64).tiny))
+    return torch.minimum(ratio(0, 1), ratio(0, 2))                      # both sound; the smaller has less rounding at stake
+
 def _ascend(f, x, steps, lr, n_iter, beta, fn):
     "The ascent of `lipschitz_lower_bound` on checked arguments."
     f = _batchable(f)
@@ -407,7 +440,8 @@ def _ascend(f, x, steps, lr, n_iter, beta, fn):
         return grad(lambda z: torch.linalg.vector_norm(jvp(s1, (z,), (vi,))[1]))(xi)
     x = x.detach().clone()
     sigma, v = _jacobian_power(f, x, torch.randn_like(x), 4 * n_iter)
-    start = sigma.max()
+    i0 = int(sigma.argmax())
+    start = _attained_ratio(f, x[i0], v[i0])
     best, best_x, best_v = sigma.clone(), x.clone(), v.clone()
     v_s = v.clone()
     for t in range(steps):
@@ -426,14 +460,20 @@ def _ascend(f, x, steps, lr, n_iter, beta, fn):
         mask = better.view(-1, *([1] * (x.dim() - 1)))
         best_x, best_v = torch.where(mask, x, best_x), torch.where(mask, v, best_v)
     i = int(best.argmax())
-    final, _ = _jacobian_power(f, best_x[i:i + 1], best_v[i:i + 1], 20 * n_iter)   # polish: more steps only raise ||J v||
-    value = torch.maximum(final[0], best[i])
+    final, v_f = _jacobian_power(f, best_x[i:i + 1], best_v[i:i + 1], 20 * n_iter)   # polish: more steps only raise ||J v||
+    v_i = v_f[0] if final[0] >= best[i] else best_v[i]
+    value = torch.maximum(_attained_ratio(f, best_x[i], v_i), start)        # reported: ratios of real pairs, not ||J v||
     if not torch.isfinite(value): raise ValueError(f"{fn}: ||J_f|| is not finite at the points reached; f overflows")
     return LowerBound(value, best_x[i], start)
 
 # %% ../nbs/01_lipschitz.ipynb #35c529d7
+def _round_down(v, dtype):
+    "The float64 value `v` in `dtype`, rounded down (to nearest could round a lower bound up)."
+    r = v.to(dtype)
+    return torch.nextafter(r, r.new_tensor(-math.inf)) if r.double() > v else r
+
 class LowerBound(NamedTuple):
-    "Result of `lipschitz_lower_bound`: the best ||J_f(x)||_2 found, the point, and the best over the starting points."
+    "Result of `lipschitz_lower_bound`: a difference ratio ||f(a) - f(b)|| / ||a - b|| attained at the point, the point, and the same at the best start."
     value: torch.Tensor
     point: torch.Tensor
     start_value: torch.Tensor
@@ -441,10 +481,11 @@ class LowerBound(NamedTuple):
 def lipschitz_lower_bound(f, x: torch.Tensor, steps: int = 100, lr: float = 0.1, n_iter: int = 5,
                           beta: tuple = (1.0, 100.0)) -> LowerBound:
     """Sound lower bound on Lip(f): gradient ascent on ||J_f|| from each example of `x`, with directions from a copy of `f`
-    whose ReLU-type activations are softplus with beta growing geometrically over `beta`; every value is a true ||J_f(x) v||."""
+    whose ReLU-type activations are softplus with beta growing geometrically over `beta`; the value is a ratio of a real pair, in float64."""
     fn = 'lipschitz_lower_bound'
     _check_ascent(f, x, steps, lr, n_iter, beta, fn)
-    return _vmap_refusal(fn, 'f', lambda: _ascend(f, x, steps, lr, n_iter, beta, fn))
+    low = _vmap_refusal(fn, 'f', lambda: _ascend(f, x, steps, lr, n_iter, beta, fn))
+    return LowerBound(_round_down(low.value, x.dtype), low.point, _round_down(low.start_value, x.dtype))
 
 # %% ../nbs/01_lipschitz.ipynb #5e760899
 class Certificate(NamedTuple):
@@ -462,7 +503,13 @@ def certify(model: nn.Module, x: torch.Tensor, input_shape=None, steps: int = 10
     if not isinstance(model, nn.Module): raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
     _checked_layers(model, fn, x.dtype if isinstance(x, torch.Tensor) and x.is_floating_point() else None)
     _check_ascent(model, x, steps, lr, n_iter, beta, fn, argname='model')            # every check before any work
+    if input_shape is not None and isinstance(input_shape, (tuple, list, torch.Size)) and tuple(input_shape) != tuple(x.shape[1:]):
+        raise ValueError(f"certify: input_shape={tuple(input_shape)} must be the shape of one example of x, "
+                         f"{tuple(x.shape[1:])}: the upper bound must hold where the lower bound is searched")
     upper = _upper_bound(model, tuple(x.shape[1:]) if input_shape is None else input_shape, False, fn, x.dtype)
     low = _vmap_refusal(fn, 'model', lambda: _ascend(model, x, steps, lr, n_iter, beta, fn))
     lower = low.value.detach().to(upper)
+    if lower > upper * (1 + 1e-9):
+        raise RuntimeError(f"certify: the lower bound {lower.item():.10g} exceeds the certified upper bound {upper.item():.10g}; "
+                           "one of them is unsound for this model (please report it)")
     return Certificate(lower, upper, upper / lower if lower > 0 else torch.tensor(math.inf, dtype=torch.float64), low.point)

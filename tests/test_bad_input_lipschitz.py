@@ -174,7 +174,28 @@ CASES = [
     (lambda: certify(nn.Sequential(hooked(nn.Linear(4, 4))).double(), x), ValueError, "certify", "model"),
     (lambda: certify(cnn, torch.randn(2, 1, 5, 5, dtype=torch.float64), input_shape=(1, 2, 2)), ValueError, "certify", "input_shape"),
     (lambda: certify(cnn, torch.randn(2, 1, 5, 5, dtype=torch.float64), input_shape=7), TypeError, "certify", "input_shape"),
+    # G: an input_shape that is not x's: the upper bound would hold on other inputs than those the lower bound searches
+    (lambda: certify(nn.Sequential(nn.AvgPool2d(2, 1)).double(), torch.randn(2, 1, 8, 8, dtype=torch.float64),
+                     input_shape=(1, 2, 2), steps=5), ValueError, "certify", "input_shape"),
+    (lambda: certify(nn.Sequential(nn.AvgPool2d(2, 1)).double(), torch.randn(2, 1, 8, 8, dtype=torch.float64),
+                     input_shape=(1, 4, 4), steps=5), ValueError, "certify", "input_shape"),
+    # H1: (H, W) for a Conv2d, which torch would read as an unbatched (C, W)
+    (lambda: lipschitz_upper_bound(nn.Sequential(nn.Conv2d(1, 2, 3)), (6, 6)), ValueError, "lipschitz_upper_bound", "input_shape"),
+    (lambda: lipschitz_upper_bound(nn.Sequential(nn.Flatten(0), nn.Unflatten(0, (1, 6, 6)), nn.Conv2d(1, 2, 3)), (36,)),
+     ValueError, "lipschitz_upper_bound", "input_shape"),
 ]
+
+# D: BatchNorm statistics that give no finite map (running_var + eps <= 0, NaN or Inf in a statistic or the affine parameters)
+def bad_bn(attr, value, eps=1e-5):
+    bn = nn.BatchNorm1d(3, eps=eps).double().eval()
+    with torch.no_grad(): getattr(bn, attr)[1] = value
+    return nn.Sequential(nn.Linear(4, 3).double(), bn)
+
+BN_CASES = [("running_var", -1.0), ("running_var", -1e-5), ("running_var", float('nan')), ("running_var", float('inf')),
+            ("running_mean", float('nan')), ("running_mean", float('-inf')), ("weight", float('nan')), ("bias", float('inf'))]
+for attr, value in BN_CASES:
+    CASES += [(lambda a=attr, v=value: lipschitz_upper_bound(bad_bn(a, v)), ValueError, "lipschitz_upper_bound", attr),
+              (lambda a=attr, v=value: certify(bad_bn(a, v), x, steps=2), ValueError, "certify", attr)]
 
 
 @pytest.mark.parametrize("call, exc, fname, arg", CASES)

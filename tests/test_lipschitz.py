@@ -652,3 +652,90 @@ def test_eval_rrelu_is_batched_as_the_leaky_relu_it_computes():
     for call, fname in ((lambda: jacobian_spectral_norm(lambda z: torch.nn.functional.rrelu(z), x), 'jacobian_spectral_norm'),
                         (lambda: lipschitz_lower_bound(lambda z: torch.nn.functional.rrelu(z), x, steps=2), 'lipschitz_lower_bound')):
         with pytest.raises(ValueError, match=f"^{fname}: f uses an op that torch.func.vmap cannot batch"): call()
+
+
+# --- issue 14 attack E, F: the lower bound is an attained difference ratio, never an autodiff value --------------------
+def test_lower_bound_at_a_kink_is_an_attained_ratio():
+    f = lambda z: z.clamp(min=0) + z.clamp(max=0)                       # == z, Lip 1; autodiff at 0 says 2
+    low = lipschitz_lower_bound(f, torch.zeros(1, 3), steps=2)
+    assert low.value <= 1 + 1e-6 and low.start_value <= 1 + 1e-6 and low.value >= 1 - 1e-6
+
+    class Id(nn.Module):
+        lipschitz_constant = 1.0
+        def forward(self, z): return f(z)
+    cert = certify(nn.Sequential(Id()), torch.zeros(2, 3, dtype=torch.float64), steps=2)
+    assert cert.lower <= cert.upper and cert.upper == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_lower_bound_in_low_precision_is_below_the_exact_norm(dtype):
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 40, bias=False).to(dtype)
+    exact = torch.linalg.matrix_norm(lin.weight.detach().double(), 2)   # the float64 norm of the stored weights: Lip of x -> W x
+    x = torch.randn(2, 40, dtype=dtype)
+    cert = certify(nn.Sequential(lin), x, steps=2, n_iter=20)
+    tol = 1 + 1e-9              # float64 rounding of f(x + hv) - f(x) over h: about eps64 ||f(x)|| / (h ||Jv||) ~ 1e-10 here
+    assert cert.lower <= exact * tol and cert.lower >= 0.99 * exact     # was 1.1406 > 1.1374 in bf16 (0.55% over)
+    low = lipschitz_lower_bound(nn.Sequential(lin), x, steps=2, n_iter=20)
+    assert low.value.dtype == dtype and low.value.double() <= exact * tol and low.start_value.double() <= exact * tol
+
+
+def test_certify_lower_never_above_upper_on_the_chapter_nets():
+    torch.manual_seed(5)
+    nets = [(nn.Sequential(nn.Linear(784, 50), nn.ReLU(), nn.Linear(50, 10)), torch.randn(8, 784)),
+            (nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.ReLU(),
+                           nn.Flatten(), nn.Linear(4 * 4 * 4, 10)), torch.randn(8, 1, 8, 8))]
+    for net, xs in nets:
+        cert = certify(net, xs, steps=10)                                # raises if lower > upper (1 + 1e-9)
+        J = torch.linalg.matrix_norm(jacrev(lambda z: net(z.unsqueeze(0))[0])(cert.point).reshape(-1, xs[0].numel()).double(), 2)
+        assert 0 < cert.lower <= cert.upper and cert.lower <= J * (1 + 1e-4) and cert.lower >= J * 0.999
+
+
+# --- issue 14 attack A, B, C: modules that do not run torch's call path are refused unless they declare a constant ------
+def _dense_lip_at(f, xs):
+    return max(torch.linalg.matrix_norm(jacrev(lambda z: f(z.unsqueeze(0))[0])(xi).reshape(-1, xi.numel()), 2).item() for xi in xs)
+
+
+def _instance_forward():
+    lin = nn.Linear(3, 3).double()
+    lin.forward = lambda z: 10 * nn.functional.linear(z, lin.weight, lin.bias)
+    return nn.Sequential(lin), None
+
+
+class _Twice(nn.Sequential):
+    def __iter__(self): return iter(list(self._modules.values()) * 2)
+
+
+class _Scaled(nn.Sequential):
+    def __call__(self, z): return 10 * super().__call__(z)
+
+
+class _Cv(nn.Conv2d):
+    def _conv_forward(self, z, w, b): return super()._conv_forward(10 * z, w, b)
+
+
+class _CallImpl(nn.Linear):
+    def _call_impl(self, *a, **k): return 10 * super()._call_impl(*a, **k)
+
+
+def _twice():
+    m = _Twice(nn.Linear(3, 3)).double()
+    with torch.no_grad(): m[0].weight.copy_(2 * torch.eye(3))
+    return m, None
+
+
+@pytest.mark.parametrize("make", [_instance_forward, _twice, lambda: (_Scaled(nn.Linear(3, 3)).double(), None),
+                                  lambda: (nn.Sequential(_Cv(1, 1, 3, padding=1)).double(), (1, 5, 5)),
+                                  lambda: (nn.Sequential(_CallImpl(3, 3)).double(), None)])
+def test_replaced_call_path_is_refused(make):
+    m, shape = make()
+    xs = torch.randn(2, *(shape or (3,)), dtype=torch.float64)
+    true = _dense_lip_at(m, xs)                                          # the map m computes (10x, or W applied twice)
+    for call in (lambda: lipschitz_upper_bound(m, shape), lambda: certify(m, xs, steps=3)):
+        try: bound = call()
+        except ValueError as e:
+            assert str(e).split(':')[0] in ('lipschitz_upper_bound', 'certify'); continue
+        bound = bound.upper if isinstance(bound, tuple) else bound
+        assert bound >= true * (1 - 1e-9), (bound, true)                 # accepted only if sound
+    m.lipschitz_constant = true * 1.01                                   # a declared constant is taken
+    assert lipschitz_upper_bound(m, shape) == pytest.approx(true * 1.01)
