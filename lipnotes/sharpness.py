@@ -244,7 +244,8 @@ def hessian_top_eigenvalue(loss_fn, params, n_iter: int = 50, v=None) -> torch.T
         v, _ = _unit(v if v is not None else [torch.randn_like(p) for p in params])
         hv, s = _unit(hvp(v))
         if s == 0:                           # a zero start or one in H's null space: restart from a random vector
-            hv, s = _unit(hvp(_unit([torch.randn_like(p) for p in params])[0]))
+            v = _unit([torch.randn_like(p) for p in params])[0]  # the new start: the sign is read against it
+            hv, s = _unit(hvp(v))
             if s == 0: return zero                               # H v = 0 for a random v: H = 0 (almost surely)
         for _ in range(n_iter - 1):
             v = [t.detach() for t in hv]

@@ -335,6 +335,20 @@ def test_hessian_zero_and_null_space_starts_restart():
                          torch.tensor(3.0, dtype=torch.float64), rtol=1e-8)          # before: 0
 
 
+@pytest.mark.parametrize('n_iter', [1, 2, 50])
+def test_hessian_restart_reads_the_sign_against_the_new_start(n_iter):
+    # H = diag(-3, 0, 0) and a start exactly in its null space: the restart's random vector r must also become v, or the
+    # sign comes from r^T H v_old = 0 (before the fix: positive for n_iter=1, e.g. +2.95, with -3 the only nonzero eigenvalue)
+    loss_of = lambda z: -1.5 * z[0] ** 2 + 0 * z[1:].sum()
+    w = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    e = torch.linalg.eigvalsh(torch.func.hessian(loss_of)(w.detach())); top = e[e.abs().argmax()]
+    assert top.item() == -3.0
+    for seed in range(10):
+        torch.manual_seed(seed)
+        est = hessian_top_eigenvalue(lambda: loss_of(w), [w], n_iter=n_iter, v=[torch.tensor([0.0, 1.0, 0.0])])
+        assert torch.sign(est) == torch.sign(top) and 0 < est.abs() <= top.abs() * (1 + 1e-12), (seed, est)
+        if n_iter > 1: assert torch.isclose(est, top, rtol=1e-12), (seed, est)           # rank one: exact after a step
+
 def test_hessian_nan_start_and_nan_loss_are_refused():
     loss_fn, w, A, q = quadratic([3.0, -1.0])
     with pytest.raises(ValueError, match=r"^hessian_top_eigenvalue: v must be finite"):
