@@ -441,7 +441,8 @@ def _ascend(f, x, steps, lr, n_iter, beta, fn):
     x = x.detach().clone()
     sigma, v = _jacobian_power(f, x, torch.randn_like(x), 4 * n_iter)
     i0 = int(sigma.argmax())
-    start = _attained_ratio(f, x[i0], v[i0])
+    start = torch.minimum(_attained_ratio(f, x[i0], v[i0]), sigma[i0].double())   # a real pair's ratio, <= ||J v|| there
+    start_point = x[i0].clone()
     best, best_x, best_v = sigma.clone(), x.clone(), v.clone()
     v_s = v.clone()
     for t in range(steps):
@@ -461,10 +462,12 @@ def _ascend(f, x, steps, lr, n_iter, beta, fn):
         best_x, best_v = torch.where(mask, x, best_x), torch.where(mask, v, best_v)
     i = int(best.argmax())
     final, v_f = _jacobian_power(f, best_x[i:i + 1], best_v[i:i + 1], 20 * n_iter)   # polish: more steps only raise ||J v||
-    v_i = v_f[0] if final[0] >= best[i] else best_v[i]
-    value = torch.maximum(_attained_ratio(f, best_x[i], v_i), start)        # reported: ratios of real pairs, not ||J v||
+    v_i, jv = (v_f[0], final[0]) if final[0] >= best[i] else (best_v[i], best[i])
+    value = torch.minimum(_attained_ratio(f, best_x[i], v_i), jv.double())   # a real pair's ratio, not ||J v||; and <= ||J v||
+    point = best_x[i] if value >= start else start_point                   # the better of the best point and the best start
+    value = torch.maximum(value, start)
     if not torch.isfinite(value): raise ValueError(f"{fn}: ||J_f|| is not finite at the points reached; f overflows")
-    return LowerBound(value, best_x[i], start)
+    return LowerBound(value, point, start)
 
 # %% ../nbs/01_lipschitz.ipynb #35c529d7
 def _round_down(v, dtype):
