@@ -415,7 +415,7 @@ def _check_ascent(f, x, steps, lr, n_iter, beta, fn, argname='f'):
     _check_call(f, x, fn, argname)
 
 def _attained_ratio(f, xi, vi):
-    """min(||f(x+hv) - f(x)|| / ||h v||, ||f(x+hv) - f(x-hv)|| / ||2h v||) at one example `xi` along `vi`, h = 1e-6 (1 + ||x||):
+    """min(||f(x+hv) - f(x)|| / ||h v||, ||f(x+hv) - f(x-hv)|| / ||2h v||, ||J(x) v||) at one example `xi` along `vi`, h = 1e-6 (1 + ||x||):
     ratios of real pairs, evaluated in float64 (a float64 copy of a module, a function on float64 inputs); where f refuses
     float64, in xi's dtype with h = sqrt(eps) (1 + ||x||), and the value then includes that dtype's rounding of f."""
     x, v = xi.detach().unsqueeze(0), _unit(vi.detach().double()).unsqueeze(0)
@@ -429,7 +429,12 @@ def _attained_ratio(f, xi, vi):
         except (RuntimeError, TypeError): pass
     ratio = lambda i, j: (torch.linalg.vector_norm((ys[i] - ys[j]).double())
                           / torch.linalg.vector_norm((pts[i] - pts[j]).double()).clamp_min(torch.finfo(torch.float64).tiny))
-    return torch.minimum(ratio(0, 1), ratio(0, 2))                      # both sound; the smaller has less rounding at stake
+    out = torch.minimum(ratio(0, 1), ratio(0, 2))                       # both sound; the smaller has less rounding at stake
+    try:                                                                # and ||J v|| at x in the same precision: the value
+        with torch.no_grad(): jv = jvp(g, (pts[1],), (v.to(pts[1].dtype),))[1]   # never exceeds ||J|| at the point by rounding
+        out = torch.minimum(out, torch.linalg.vector_norm(jv.double()))
+    except (RuntimeError, TypeError): pass                              # no forward-mode rule: the ratio alone
+    return out
 
 def _ascend(f, x, steps, lr, n_iter, beta, fn):
     "The ascent of `lipschitz_lower_bound` on checked arguments."
@@ -441,7 +446,7 @@ def _ascend(f, x, steps, lr, n_iter, beta, fn):
     x = x.detach().clone()
     sigma, v = _jacobian_power(f, x, torch.randn_like(x), 4 * n_iter)
     i0 = int(sigma.argmax())
-    start = torch.minimum(_attained_ratio(f, x[i0], v[i0]), sigma[i0].double())   # a real pair's ratio, <= ||J v|| there
+    start = _attained_ratio(f, x[i0], v[i0])
     start_point = x[i0].clone()
     best, best_x, best_v = sigma.clone(), x.clone(), v.clone()
     v_s = v.clone()
@@ -462,8 +467,8 @@ def _ascend(f, x, steps, lr, n_iter, beta, fn):
         best_x, best_v = torch.where(mask, x, best_x), torch.where(mask, v, best_v)
     i = int(best.argmax())
     final, v_f = _jacobian_power(f, best_x[i:i + 1], best_v[i:i + 1], 20 * n_iter)   # polish: more steps only raise ||J v||
-    v_i, jv = (v_f[0], final[0]) if final[0] >= best[i] else (best_v[i], best[i])
-    value = torch.minimum(_attained_ratio(f, best_x[i], v_i), jv.double())   # a real pair's ratio, not ||J v||; and <= ||J v||
+    v_i = v_f[0] if final[0] >= best[i] else best_v[i]
+    value = _attained_ratio(f, best_x[i], v_i)                               # a real pair's ratio, not ||J v|| (and <= it)
     point = best_x[i] if value >= start else start_point                   # the better of the best point and the best start
     value = torch.maximum(value, start)
     if not torch.isfinite(value): raise ValueError(f"{fn}: ||J_f|| is not finite at the points reached; f overflows")
