@@ -109,6 +109,11 @@ def _input_grad(loss_fn, x, fname):
 def _unit_step(g, norm, fname):
     "The steepest-ascent step of unit size: g/||g|| per example (0 where g = 0), or sign(g) for the max-norm."
     g32 = g.float() if g.dtype in _HALF else g           # half precision: sum of squares under- and overflows
+    if norm == 2:                                        # fast path, one norm and one sync: every ||g|| finite and far from
+        n = torch.linalg.vector_norm(_rows(g32), dim=1)  # underflow (squares below tiny then carry < d tiny / ||g||^2 of it)
+        lo, hi = torch.stack(torch.aminmax(n)).tolist()
+        if math.isfinite(hi) and lo > torch.finfo(g32.dtype).tiny ** 0.25:
+            return (g32 / _per_example_shape(n, g32)).to(g.dtype)
     scale = _rows(g32).abs().amax(1)                     # dividing by max|g| first: no underflow in ||g|| (1e-30 in float32)
     if not _all_finite(scale):
         raise ValueError(f"{fname}: the gradient of loss_fn is NaN or Inf (a NaN loss, or a non-differentiable point?)")
