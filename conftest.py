@@ -8,6 +8,21 @@ LIPNOTES_SLOW=1; a slow cell must not define names that later cells use.
 import os, re
 import pytest
 
+@pytest.fixture
+def rejects():
+    """`rejects(call, exc, fname, arg)`: call() raises exactly `exc`, whose message starts with the public function's name
+    `fname` and names the argument `arg` (the bad-input suites' one check); returns the message."""
+    def check(call, exc, fname, arg):
+        with pytest.raises(exc) as e:
+            call()
+        msg = str(e.value)
+        assert type(e.value) is exc, (type(e.value), msg)
+        assert msg.startswith(f"{fname}: "), msg
+        assert arg in msg, msg
+        return msg
+    return check
+
+
 _SLOW = re.compile(r"^\s*#\|\s*slow\b", re.M)
 
 
