@@ -116,7 +116,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'lipnotes.lipschitz._model_dtype': ('lipschitz.html#_model_dtype', 'lipnotes/lipschitz.py'),
                                     'lipnotes.lipschitz._pool_axes': ('lipschitz.html#_pool_axes', 'lipnotes/lipschitz.py'),
                                     'lipnotes.lipschitz._pool_constant': ('lipschitz.html#_pool_constant', 'lipnotes/lipschitz.py'),
-                                    'lipnotes.lipschitz._replaces_forward': ('lipschitz.html#_replaces_forward', 'lipnotes/lipschitz.py'),
                                     'lipnotes.lipschitz._round_down': ('lipschitz.html#_round_down', 'lipnotes/lipschitz.py'),
                                     'lipnotes.lipschitz._single': ('lipschitz.html#_single', 'lipnotes/lipschitz.py'),
                                     'lipnotes.lipschitz._smoothed_copy': ('lipschitz.html#_smoothed_copy', 'lipnotes/lipschitz.py'),

@@ -27,10 +27,6 @@ def _forward_hooks(m):
     "The forward and forward pre-hooks of module `m` that may change what it computes."
     return [h for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()) if h not in _HARMLESS_HOOKS]
 
-def _replaces_forward(m):
-    "Whether `m` (its class or the instance) replaces a step of the call path of the torch layer it derives from, whose rule then does not apply."
-    return _overrides_forward(m) or type(m).__call__ is not nn.Module.__call__
-
 def activation_lipschitz(module: nn.Module, dtype: torch.dtype = torch.float64) -> float:
     "The Lipschitz constant sup|g'| of a known elementwise activation `module` on inputs of `dtype` (Softmax: 1/2); raises otherwise."
     fn = 'activation_lipschitz'
@@ -43,7 +39,7 @@ def activation_lipschitz(module: nn.Module, dtype: torch.dtype = torch.float64) 
         raise ValueError(f"{fn}: the module's parameters are complex or contain NaN or Inf")
     if _forward_hooks(module):
         raise ValueError(f"{fn}: the module {type(module).__name__} has forward hooks, which may change what it computes")
-    if _replaces_forward(module):
+    if _overrides_forward(module):
         raise ValueError(f"{fn}: the module's class {type(module).__name__} replaces torch's forward, so torch's rule does not apply")
     c, why = (None, None) if isinstance(module, _STRUCTURAL) else _activation_rule(module, dtype)
     if why is not None: raise ValueError(f"{fn}: module {module!r} has no certified constant in {dtype}: {why}")
@@ -129,7 +125,7 @@ def _check_supported(name, m, fname, dtype):
     if _forward_hooks(m):
         raise ValueError(f"{where}: it has forward hooks, which may change what it computes; remove them or give the module "
                          "a `lipschitz_constant` attribute")
-    if _replaces_forward(m):
+    if _overrides_forward(m):
         base = next(c for c in type(m).__mro__ if c.__module__.startswith('torch.nn.modules')).__name__
         raise ValueError(f"{where}: its class or the instance replaces the forward of torch's {base} (or another step of its "
                          f"call path: __call__, _call_impl, _conv_forward, ...), so {base}'s rule does not apply; "
@@ -347,7 +343,7 @@ def _jacobian_power(f, x, v, n_iter):
 
 def _batchable(f):
     "`f`, or a copy whose eval-mode RReLUs are the LeakyReLU((lower + upper) / 2) they compute (vmap cannot batch rrelu)."
-    swap = lambda m: isinstance(m, nn.RReLU) and not m.training and not _replaces_forward(m) and not _forward_hooks(m)
+    swap = lambda m: isinstance(m, nn.RReLU) and not m.training and not _overrides_forward(m) and not _forward_hooks(m)
     if not isinstance(f, nn.Module) or not any(swap(m) for m in f.modules()): return f
     if swap(f): return nn.LeakyReLU((f.lower + f.upper) / 2)
     g = copy.deepcopy(f)
@@ -400,7 +396,7 @@ def _smoothed_copy(f):
     swapped = []
     for name, m in list(g.named_modules()):
         for cname, child in list(m._modules.items()):   # every use of a shared module
-            if isinstance(child, _PIECEWISE_LINEAR) and not _replaces_forward(child):
+            if isinstance(child, _PIECEWISE_LINEAR) and not _overrides_forward(child):
                 s = _SmoothedReLU(child); setattr(m, cname, s); swapped.append(s)
     return g, swapped
 
