@@ -3,13 +3,13 @@
 Run with `make bench` (or `python benchmarks/bench_adversarial.py`). Times are the minimum over alternating repeats.
 Each training step is forward, backward and an Adam step on a digits-sized MLP (64-64-64-10, batch 64, float32).
 """
-import argparse, platform
+import argparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench_spectral import best_of
+from timing import best_of, machine
 from lipnotes.adversarial import fgm, input_gradient_penalty, pgd
 
 
@@ -59,7 +59,7 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=7)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(machine())
     t_plain, t_adv, t_gp, t_pgd = training_steps(args.repeats)
     print(f"training step, MLP 64-64-64-10, batch 64: plain {t_plain * 1e3:.2f} ms;  FGM-adversarial {t_adv / t_plain:.2f}x "
           f"(target <= 2.2x);  input gradient penalty {t_gp / t_plain:.2f}x (target <= 3.0x);  PGD-10 {t_pgd / t_plain:.2f}x")

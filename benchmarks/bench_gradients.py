@@ -3,13 +3,13 @@
 Run with `make bench` (or `python benchmarks/bench_gradients.py`). Times are the minimum over alternating repeats.
 The baseline is what one writes without torch.func: a Python loop over the examples, each calling torch.autograd.grad.
 """
-import argparse, platform
+import argparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench_spectral import best_of
+from timing import best_of, machine
 from lipnotes.gradients import input_grad_norm, param_grad_norm
 
 
@@ -47,7 +47,7 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=7)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(machine())
     t_p, t_lp, t_i, t_li = per_example_norms(256, args.repeats)
     print(f"param_grad_norm, batch 256, MLP 64-128-128-10: {t_p * 1e3:.1f} ms vs loop of autograd.grad {t_lp * 1e3:.1f} ms "
           f"-> {t_lp / t_p:.1f}x faster (target >= 5x)")

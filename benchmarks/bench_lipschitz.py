@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import jvp, vjp
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
-from bench_spectral import best_of
+from timing import best_of
 from lipnotes.lipschitz import jacobian_spectral_norm
 from lipnotes.spectral import spectral_normalize
 

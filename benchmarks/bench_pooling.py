@@ -6,7 +6,9 @@ Target: <= 1 s and <= 100 MB at 3x224x224. Peak memory is the growth of the proc
 measured in a fresh child process per case, because tracemalloc does not see torch's tensor allocations. Run with
 `python benchmarks/bench_pooling.py` (add --quick for the small sizes only).
 """
-import argparse, json, math, platform, resource, subprocess, sys, time
+import argparse, json, math, subprocess, sys
+
+from timing import machine
 
 CASE = r'''
 import json, math, resource, sys, time
@@ -39,7 +41,7 @@ def measure(kind, shape, method):
 
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument('--quick', action='store_true'); args = ap.parse_args()
-    print(f"python {platform.python_version()}, {platform.machine()}, one thread")
+    print(machine(threads=1))
     sizes = [(1, 32, 32), (1, 64, 64)] + ([] if args.quick else [(1, 96, 96), (3, 160, 160), (3, 224, 224)])
     print(f"{'layer':18}{'input':>14}{'new s':>9}{'new MB':>9}{'old s':>9}{'old MB':>9}{'time ratio':>12}")
     for kind in ('AvgPool2d', 'AdaptiveAvgPool2d'):

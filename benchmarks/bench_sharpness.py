@@ -3,13 +3,13 @@
 Run with `make bench` (or `python benchmarks/bench_sharpness.py`). Times are the minimum over alternating repeats.
 A step is forward, backward and the optimizer update of an MLP 64-128-128-10 on a batch of 128 (float32).
 """
-import argparse, platform
+import argparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench_spectral import best_of
+from timing import best_of, machine
 from lipnotes.sharpness import SAM, GradientNormPenalty, gradient_norm_penalty
 
 
@@ -57,7 +57,7 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=7)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(machine())
     t_sgd, t_sam, t_gnp, t_exact, t_hand = per_step(args.repeats)
     print(f"step, MLP 64-128-128-10, batch 128: SGD {t_sgd * 1e3:.2f} ms;  SAM {t_sam / t_sgd:.2f}x, "
           f"GNP (finite difference) {t_gnp / t_sgd:.2f}x (targets <= 2.2x);  exact penalty (double backprop) "

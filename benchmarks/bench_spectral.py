@@ -3,20 +3,12 @@
 Run with `make bench` (or `python benchmarks/bench_spectral.py`). Times are the minimum over alternating repeats:
 the machines are noisy, and the minimum is the least disturbed run of each contender.
 """
-import argparse, math, platform, time
+import argparse, platform
 
 import torch
 
+from timing import best_of
 from lipnotes.spectral import conv_operator_norm, power_iteration
-
-
-def best_of(fns, repeats):
-    "Minimum wall time of each function in `fns`, calling them in alternation `repeats` times."
-    best = [math.inf] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter(); fn(); best[i] = min(best[i], time.perf_counter() - t0)
-    return best
 
 
 def warm_step(n, repeats):

@@ -5,12 +5,12 @@ Run with `make bench` (or `python benchmarks/bench_wgan.py`). Times are the mini
 one forward on fake and real together, the backward, Adam, and the constraint: clamping (clip), the WGAN-GP penalty by
 double backprop (GP, GP one-sided), or the spectral normalisation parametrization (SN: one power step; SN exact: an SVD).
 """
-import argparse, platform
+import argparse
 
 import torch
 from torch import nn
 
-from bench_spectral import best_of
+from timing import best_of, machine
 from lipnotes.adversarial import wgan_gradient_penalty
 from lipnotes.spectral import spectral_normalize
 
@@ -52,7 +52,7 @@ if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=7)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(machine())
     targets = {(256, 'GP'): ('>=', 1.3), (64, 'SN exact'): ('<=', 1.5)}
     for width, depth, n in [(64, 2, 20), (256, 3, 10)]:
         times = dict(zip(KINDS, best_of([steps(k, width, depth, 256, n) for k in KINDS], args.repeats)))
