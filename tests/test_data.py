@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from sklearn.datasets import load_digits
 
-from lipnotes.data import Split, digits, gaussian_mixture, long_tailed, two_moons
+from lipnotes.data import Labelled, Split, digits, gaussian_mixture, long_tailed, two_moons
 
 
 def test_digits_split_and_standardisation_against_numpy():
@@ -44,7 +44,7 @@ def test_two_moons_refuses_non_finite_points_and_big_seeds():
 
 def test_gaussian_mixture_refuses_inf_cov_complex_means_and_none():
     "Issue 14 item 11 and the obscure errors: inf in cov gave non-finite data, complex means were cast to real."
-    with pytest.raises(ValueError, match=r"^gaussian_mixture: cov must be finite"):
+    with pytest.raises(ValueError, match=r"^gaussian_mixture: cov contains NaN or Inf"):
         gaussian_mixture(5, [[0.0, 0.0]], cov=[[1.0, 0.0], [0.0, math.inf]])
     with pytest.raises(TypeError, match=r"^gaussian_mixture: means must hold real numbers, got torch.complex"):
         gaussian_mixture(5, [[1.0 + 2j, 0.0]])
@@ -88,3 +88,28 @@ def test_split_checks_what_it_holds():
     assert s._asdict().keys() == {'x_train', 'y_train', 'x_test', 'y_test'} and isinstance(s, tuple)
     with pytest.raises(ValueError, match=r"^Split: x_test and y_test must have the same non-zero length"):
         Split(x, y, x[:0], y[:0])
+
+
+@pytest.mark.parametrize("call, exc, words", [        # moved from test_certificates.py (issue 15: one test file per module)
+    (lambda: digits(test_fraction=1.0), ValueError, "digits: test_fraction must lie in (0, 1)"),
+    (lambda: digits(seed=-1), ValueError, "digits: seed must be >= 0"),
+    (lambda: digits(dtype=torch.int64), TypeError, "digits: dtype must be a real floating"),
+    (lambda: two_moons(1), ValueError, "two_moons: n must be >= 2"),
+    (lambda: two_moons(10, noise=-0.1), ValueError, "two_moons: noise"),
+    (lambda: gaussian_mixture(10, [0.0, 1.0]), ValueError, "gaussian_mixture: means must be a (classes, dim)"),
+    (lambda: gaussian_mixture(10, [[0.0], [1.0]], cov=[[-1.0]]), ValueError, "positive definite"),
+    (lambda: gaussian_mixture(10, [[0.0], [1.0]], priors=[0.5, 0.6]), ValueError, "sum to 1"),
+    (lambda: gaussian_mixture(10, [[0.0], [1.0]], priors=[1.0]), ValueError, "one entry per class"),
+])
+def test_data_rejects(call, exc, words):
+    with pytest.raises(exc) as e:
+        call()
+    assert words in str(e.value)
+
+
+def test_synthetic_sets_return_labelled_pairs():
+    "two_moons, gaussian_mixture and long_tailed return Labelled(x, y), which still unpacks as (x, y)."
+    for out in (two_moons(10), gaussian_mixture(10, [[0.0], [1.0]]), long_tailed(two_moons(10), 2.0)):
+        assert isinstance(out, Labelled) and out._fields == ('x', 'y')
+        x, y = out
+        assert x is out.x and y is out.y and y.dtype == torch.int64 and len(x) == len(y)
