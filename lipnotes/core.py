@@ -22,7 +22,9 @@ from torch import nn
 # %% ../nbs/00_core.ipynb #fef01696
 _NAME = contextvars.ContextVar('lipnotes_public_name', default='lipnotes')
 
-def public(f=None, *, name: str | None = None):
+def public(f=None, # the function to decorate (None: return a decorator that takes it)
+           *, name: str | None = None, # the name errors start with (default: f's own name)
+          ):
     "Decorate a public function (or a method, with `name`): while it runs, `fail` and the checks name it."
     if f is None: return functools.partial(public, name=name)
     label = name or f.__name__
@@ -33,8 +35,10 @@ def public(f=None, *, name: str | None = None):
         finally: _NAME.reset(token)
     return wrapper
 
+# %% ../nbs/00_core.ipynb #9660eb74
 @contextlib.contextmanager
-def naming(name: str): # the name errors raised inside the block start with
+def naming(name: str, # the name errors raised inside the block start with
+          ):
     "A block in which errors are named `name` (for shared code that must report the outer function's name)."
     token = _NAME.set(name)
     try: yield
@@ -50,25 +54,32 @@ def fail(message: str, # what is wrong, naming the argument: "x must be 2-D, got
     "An exception of `cls` whose message starts with the current public name: `raise fail('x must ...')`."
     return cls(f"{caller()}: {message}")
 
-# %% ../nbs/00_core.ipynb #1a82c55c
-def check_module(m, argname: str = 'model'): # the argument's name, for the message
+# %% ../nbs/00_core.ipynb #4af6f416
+def check_module(m, # the value to check
+                 argname: str = 'model', # the argument's name, for the message
+                ):
     "`m` if it is a torch.nn.Module, else a TypeError."
     if not isinstance(m, nn.Module): raise fail(f"{argname} must be a torch.nn.Module, got {type(m).__name__}", TypeError)
     return m
 
-def check_callable(f, argname: str = 'f', # the argument's name, for the message
+def check_callable(f, # the value to check
+                   argname: str = 'f', # the argument's name, for the message
                    what: str = 'callable', # what it must be, e.g. 'callable (a model or a function)'
                   ):
     "`f` if it is callable, else a TypeError."
     if not callable(f): raise fail(f"{argname} must be {what}, got {type(f).__name__}", TypeError)
     return f
 
-def check_bool(b, argname: str): # the argument's name, for the message
+# %% ../nbs/00_core.ipynb #9e45d2c4
+def check_bool(b, # the value to check
+               argname: str, # the argument's name, for the message
+              ):
     "`b` if it is a bool, else a TypeError."
     if not isinstance(b, bool): raise fail(f"{argname} must be a bool, got {type(b).__name__}", TypeError)
     return b
 
-def check_choice(v, argname: str, # the argument's name, for the message
+def check_choice(v, # the value to check
+                 argname: str, # the argument's name, for the message
                  choices: tuple, # the allowed values
                 ):
     "`v` if it is one of `choices`, else a ValueError listing them."
@@ -76,8 +87,9 @@ def check_choice(v, argname: str, # the argument's name, for the message
         raise fail(f"{argname} must be one of {', '.join(map(repr, choices))}, got {v!r}")
     return v
 
-# %% ../nbs/00_core.ipynb #356ef351
-def check_int(n, argname: str, # the argument's name, for the message
+# %% ../nbs/00_core.ipynb #5c3a416a
+def check_int(n, # the value to check
+              argname: str, # the argument's name, for the message
               minimum: int | None = None, # the smallest value allowed (None: no bound)
               maximum: int | None = None, # the largest value allowed (None: no bound)
              ) -> int:
@@ -88,11 +100,16 @@ def check_int(n, argname: str, # the argument's name, for the message
     if maximum is not None and n > maximum: raise fail(f"{argname} must be <= {maximum}, got {n}")
     return int(n)
 
-def check_positive_int(n, argname: str) -> int: # the argument's name, for the message
+# %% ../nbs/00_core.ipynb #6d3b6502
+def check_positive_int(n, # the value to check
+                       argname: str, # the argument's name, for the message
+                      ) -> int:
     "`n` as an int >= 1."
     return check_int(n, argname, 1)
 
-def check_real(x, argname: str, # the argument's name, for the message
+# %% ../nbs/00_core.ipynb #aa87ec16
+def check_real(x, # the value to check
+               argname: str, # the argument's name, for the message
                lo: float = -math.inf, # the lower end of the allowed interval
                hi: float = math.inf, # the upper end of the allowed interval
                lo_open: bool = False, # exclude `lo` itself
@@ -106,21 +123,28 @@ def check_real(x, argname: str, # the argument's name, for the message
         raise fail(f"{argname} must lie in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}, got {x}")
     return float(x)
 
-def check_positive_float(x, argname: str) -> float: # the argument's name, for the message
+# %% ../nbs/00_core.ipynb #9afe11b7
+def check_positive_float(x, # the value to check
+                         argname: str, # the argument's name, for the message
+                        ) -> float:
     "`x` as a float that is positive and finite."
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise fail(f"{argname} must be a real number, got {type(x).__name__}", TypeError)
     if not (x > 0 and math.isfinite(x)): raise fail(f"{argname} must be positive and finite, got {x}")
     return float(x)
 
-# %% ../nbs/00_core.ipynb #4e0e9785
-def check_dtype(dtype, argname: str = 'dtype'): # the argument's name, for the message
+# %% ../nbs/00_core.ipynb #c63d7caf
+def check_dtype(dtype, # the value to check
+                argname: str = 'dtype', # the argument's name, for the message
+               ):
     "`dtype` if it is a real floating torch.dtype."
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise fail(f"{argname} must be a real floating torch.dtype, got {dtype!r}", TypeError)
     return dtype
 
-def check_tensor(x, argname: str, # the argument's name, for the message
+# %% ../nbs/00_core.ipynb #6452b1ae
+def check_tensor(x, # the value to check
+                 argname: str, # the argument's name, for the message
                  floating: bool = False, # require a real floating dtype (complex, integer and bool refused)
                  values: bool = False, # refuse meta tensors, which have a shape but no values
                  finite: bool = False, # refuse NaN and Inf (implies `values`)
@@ -140,7 +164,9 @@ def check_tensor(x, argname: str, # the argument's name, for the message
     if finite and not bool(torch.isfinite(x).all()): raise fail(f"{argname} contains NaN or Inf")
     return x
 
-def as_tuple(v, n: int, # how many ints; an int `v` is repeated n times
+# %% ../nbs/00_core.ipynb #3b192f23
+def as_tuple(v, # an int or a sequence of ints
+             n: int, # how many ints; an int `v` is repeated n times
              argname: str, # the argument's name, for the message
              minimum: int = 1, # the smallest value allowed in each place
             ) -> tuple:
@@ -151,7 +177,7 @@ def as_tuple(v, n: int, # how many ints; an int `v` is repeated n times
     if len(t) != n or any(i < minimum for i in t): raise fail(f"{argname} must be {n} integer(s) >= {minimum}, got {v!r}")
     return t
 
-# %% ../nbs/00_core.ipynb #74552b42
+# %% ../nbs/00_core.ipynb #aa816cad
 def unit(x: torch.Tensor, # the vector(s)
          dim: int | None = None, # normalise along this dimension (None: over all entries)
          keep: torch.Tensor | None = None, # the result where the norm is 0 or NaN (None: zeros)
@@ -160,46 +186,53 @@ def unit(x: torch.Tensor, # the vector(s)
     n = torch.linalg.vector_norm(x) if dim is None else torch.linalg.vector_norm(x, dim=dim, keepdim=True)
     return torch.where(n > 0, x / n.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x) if keep is None else keep)
 
-# %% ../nbs/00_core.ipynb #c0f1f2c4
+# %% ../nbs/00_core.ipynb #f9fb2ede
 _CALL_PATH = ('forward', '__call__', '_call_impl', '_wrapped_call_impl', '_conv_forward')
 _SEQUENTIAL_PATH = ('__iter__', '__getitem__', '__len__')      # Sequential.forward runs `for module in self`
 
-def torch_base(m: nn.Module) -> type: # a module
+def torch_base(m: nn.Module, # a module
+              ) -> type:
     "The torch.nn class `m` derives from: the first class in its MRO defined in torch.nn.modules (nn.Module at the latest)."
     return next(c for c in type(m).__mro__ if c.__module__.startswith('torch.nn.modules'))
 
-def uses_torch_call_path(m: nn.Module) -> bool: # a module
+def uses_torch_call_path(m: nn.Module, # a module
+                        ) -> bool:
     "Whether calling `m` runs its torch base class's own code: neither its class nor the instance replaces a method on the way."
     names = _CALL_PATH + (_SEQUENTIAL_PATH if isinstance(m, nn.Sequential) else ())
     base = torch_base(m)
     return not any(n in vars(m) for n in names) and all(getattr(type(m), n, None) is getattr(base, n, None) for n in names)
 
-def overrides_forward(m: nn.Module) -> bool: # a module
+def overrides_forward(m: nn.Module, # a module
+                     ) -> bool:
     "Whether `m`, a torch.nn layer or a subclass of one, does not run that layer's call path (then the layer's rule does not apply)."
     return torch_base(m) is not nn.Module and not uses_torch_call_path(m)
 
-def is_plain_sequential(m: nn.Module) -> bool: # a module
+def is_plain_sequential(m: nn.Module, # a module
+                       ) -> bool:
     "An nn.Sequential that runs torch's own call path: the chain of its children, in order."
     return isinstance(m, nn.Sequential) and uses_torch_call_path(m)
 
-# %% ../nbs/00_core.ipynb #53bd55d3
+# %% ../nbs/00_core.ipynb #f49b2bf9
 _HARMLESS_HOOKS = set()
 
-def harmless_hook(hook): # a forward (pre-)hook that only checks its input and never changes an output
+def harmless_hook(hook, # a forward (pre-)hook that only checks its input and never changes an output
+                 ):
     "Register `hook` as one that does not change what a module computes (the bounds then allow it); returns it."
     _HARMLESS_HOOKS.add(hook)
     return hook
 
-def forward_hooks(m: nn.Module) -> list: # a module
+def forward_hooks(m: nn.Module, # a module
+                 ) -> list:
     "The forward and forward pre-hooks of `m` that may change what it computes."
     return [h for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()) if h not in _HARMLESS_HOOKS]
 
-def check_no_global_hooks(argname: str = 'model'): # the argument's name, for the message
+def check_no_global_hooks(argname: str = 'model', # the argument's name, for the message
+                         ):
     "Raise if global forward hooks are registered (they run on every module and may change what `argname` computes)."
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         raise fail(f"global forward hooks are registered and may change what {argname} computes; remove them")
 
-# %% ../nbs/00_core.ipynb #59bf20a0
+# %% ../nbs/00_core.ipynb #86b69791
 def leaves(model: nn.Module, # the network
            prefix: str = '', # the name of `model` in the network (names are dotted paths)
           ):
@@ -226,7 +259,7 @@ def declared_constant(module: nn.Module, # a module with a `lipschitz_constant` 
         raise fail(f"module '{label}' of {argname} declares lipschitz_constant={c!r}; it must be a finite real number >= 0")
     return c
 
-# %% ../nbs/00_core.ipynb #47acbf53
+# %% ../nbs/00_core.ipynb #0b6e8218
 CONV_TRANSPOSE = (nn.modules.conv._ConvTransposeNd,)
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)                   # a weight matrix (conv: reshaped kernel)
 BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
@@ -238,8 +271,9 @@ POOL_2D = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2
 STRUCTURAL = (nn.Identity, nn.Flatten, nn.Unflatten)                    # reshape or pass through: 1-Lipschitz
 RANDOM_IN_TRAINING = BATCHNORM + DROPOUT + (nn.RReLU,)                  # batch statistics or random draws in train mode
 
-# %% ../nbs/00_core.ipynb #d67ef2fd
-def layer_matrix(module: nn.Module) -> torch.Tensor: # a Linear or Conv layer
+# %% ../nbs/00_core.ipynb #557d9b4f
+def layer_matrix(module: nn.Module, # a Linear or Conv layer
+                ) -> torch.Tensor:
     "The weight of a Linear/Conv `module` as a matrix whose rows are output channels."
     W = module.weight
     if isinstance(module, CONV_TRANSPOSE): W = W.transpose(0, 1)
