@@ -7,74 +7,51 @@ __all__ = ['class_priors', 'logit_adjusted_loss', 'LogitAdjustedLoss', 'posthoc_
            'balanced_error']
 
 # %% ../nbs/11_logit_adjustment.ipynb #0c30ea55
-import math, numbers
+import math
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .core import public, naming, fail, check_choice, check_int, check_real, check_tensor
 
 # %% ../nbs/11_logit_adjustment.ipynb #f7faca7c
-def _check_tensor(t, fname, argname):
-    if not isinstance(t, torch.Tensor): raise TypeError(f"{fname}: {argname} must be a torch.Tensor, got {type(t).__name__}")
-    if t.is_meta: raise ValueError(f"{fname}: {argname} is a meta tensor, which holds no values to check or score")
-
 def _priors_ok(priors):
     "One reduction and no host sync: are the priors finite, positive and summing to 1 within 1e-5?"
     return (torch.isfinite(priors) & (priors > 0)).all() & ((priors.double().sum() - 1).abs() <= 1e-5)
 
-def _check_prior_tensor(priors, num_classes, fname):
+def _check_prior_tensor(priors, num_classes):
     "Type, dtype and shape of the priors: no host sync."
-    _check_tensor(priors, fname, 'priors')
-    if not priors.is_floating_point(): raise TypeError(f"{fname}: priors must be a floating tensor, got {priors.dtype}")
+    check_tensor(priors, 'priors', floating=True, values=True)
     if priors.dim() != 1 or (num_classes is not None and priors.numel() != num_classes):
-        raise ValueError(f"{fname}: priors must have shape ({num_classes},), one entry per class, got {tuple(priors.shape)}")
+        raise fail(f"priors must have shape ({num_classes},), one entry per class, got {tuple(priors.shape)}")
 
-def _check_priors(priors, num_classes, fname, like=None):
+def _check_priors(priors, num_classes, like=None):
     "A 1-D float tensor of positive class priors summing to 1 (within 1e-5), one per class; cast to `like`."
-    _check_prior_tensor(priors, num_classes, fname)
+    _check_prior_tensor(priors, num_classes)
     if not _priors_ok(priors):                                              # one host sync on the happy path
         if not torch.isfinite(priors).all() or (priors < 0).any():
-            raise ValueError(f"{fname}: priors must be finite and non-negative, got {priors.tolist()}")
+            raise fail(f"priors must be finite and non-negative, got {priors.tolist()}")
         if (priors == 0).any():
-            raise ValueError(f"{fname}: priors contain zeros (classes {(priors == 0).nonzero().flatten().tolist()}), and "
-                             "log 0 = -inf; estimate them with class_priors(..., smoothing=...)")
-        raise ValueError(f"{fname}: priors must sum to 1 (within 1e-5), got {priors.double().sum().item():.8g}")
+            raise fail(f"priors contain zeros (classes {(priors == 0).nonzero().flatten().tolist()}), and "
+                       "log 0 = -inf; estimate them with class_priors(..., smoothing=...)")
+        raise fail(f"priors must sum to 1 (within 1e-5), got {priors.double().sum().item():.8g}")
     return priors if like is None else priors.to(device=like.device, dtype=like.dtype)
 
-def _check_nonnegative(x, fname, argname):
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{fname}: {argname} must be a number, got {type(x).__name__}")
-    if not math.isfinite(x) or x < 0: raise ValueError(f"{fname}: {argname} must be finite and >= 0, got {x}")
-    return float(x)
-
-def _check_tau(tau, fname): return _check_nonnegative(tau, fname, 'tau')
-
-def _check_reduction(reduction, fname):
-    if reduction not in ('mean', 'sum', 'none'): raise ValueError(f"{fname}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-
-def _check_ignore_index(ignore_index, fname):
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"{fname}: ignore_index must be an int, got {type(ignore_index).__name__}")
-    return int(ignore_index)
-
-def _check_num_classes(num_classes, fname):
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"{fname}: num_classes must be a positive int, got {num_classes!r}")
-
 # %% ../nbs/11_logit_adjustment.ipynb #e1a0b001
-def _check_logits(logits, fname):
-    _check_tensor(logits, fname, 'logits')
-    if not logits.is_floating_point(): raise TypeError(f"{fname}: logits must be a floating tensor, got {logits.dtype}")
-    if logits.dim() == 0: raise ValueError(f"{fname}: logits must have a class dimension, got a scalar")
-    return 1 if logits.dim() >= 2 else 0             # F.cross_entropy's class dimension
+def _check_logits(logits):
+    "Floating logits with a class dimension; returns F.cross_entropy's class dimension."
+    check_tensor(logits, 'logits', floating=True, values=True)
+    if logits.dim() == 0: raise fail("logits must have a class dimension, got a scalar")
+    return 1 if logits.dim() >= 2 else 0
 
-def _refuse_nan(logits, fname, argname='logits'):
-    if torch.isnan(logits).any(): raise ValueError(f"{fname}: {argname} contain NaN")     # one reduction, one host sync
+def _refuse_nan(logits, argname='logits'):
+    if torch.isnan(logits).any(): raise fail(f"{argname} contain NaN")     # one reduction, one host sync
 
 def _log_priors(priors, logits, cdim):
     "log(priors) shaped to broadcast along the class dimension of `logits`."
     return torch.log(priors).view(-1, *([1] * (logits.dim() - cdim - 1)))
 
+# %% ../nbs/11_logit_adjustment.ipynb #450dc2e0
 _INT_LABELS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 def _label_errors(labels, num_classes, ignore_index=None):
@@ -83,149 +60,180 @@ def _label_errors(labels, num_classes, ignore_index=None):
     if ignore_index is not None: bad &= labels != ignore_index
     return bad.any()
 
-def _check_labels(labels, num_classes, fname, argname, ignore_index=None, checked=None):
+def _check_labels(labels, num_classes, argname, ignore_index=None, checked=None):
     "Integer labels in range; checked=True: the caller checks the range later, False: it found them out of range."
-    _check_tensor(labels, fname, argname)
-    if labels.dtype not in _INT_LABELS:
-        raise TypeError(f"{fname}: {argname} must hold integer class indices, got {labels.dtype}")
+    check_tensor(labels, argname, values=True)
+    if labels.dtype not in _INT_LABELS: raise fail(f"{argname} must hold integer class indices, got {labels.dtype}", TypeError)
     if checked is False or (checked is None and _label_errors(labels, num_classes, ignore_index)):   # one host sync
         valid = labels if ignore_index is None else labels[labels != ignore_index]
-        raise ValueError(f"{fname}: {argname} must lie in [0, {num_classes - 1}], got values from {valid.min().item()} "
-                         f"to {valid.max().item()}")
+        raise fail(f"{argname} must lie in [0, {num_classes - 1}], got values from {valid.min().item()} "
+                   f"to {valid.max().item()}")
+
+def _check_num_classes(num_classes):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise fail(f"num_classes must be a positive int, got {num_classes!r}")
+
+# %% ../nbs/11_logit_adjustment.ipynb #79d445bc
+@public
+def class_priors(labels: torch.Tensor,  # the training labels (n,), any integer dtype, in [0, num_classes)
+                 num_classes: int,      # K, the number of classes
+                 smoothing: float = 0.0,  # a count >= 0 added to every class (needed if a class has no example)
+                ) -> torch.Tensor:
+    "Empirical class priors (count_y + smoothing) / (n + K smoothing), float64; a class with no examples needs smoothing > 0."
+    _check_num_classes(num_classes)
+    _check_labels(labels, num_classes, 'labels')
+    if labels.dim() != 1 or labels.numel() == 0:
+        raise fail(f"labels must be a non-empty 1-D tensor, got shape {tuple(labels.shape)}")
+    smoothing = check_real(smoothing, 'smoothing', 0)
+    counts = torch.bincount(labels.long(), minlength=num_classes).double()
+    if smoothing == 0 and (counts == 0).any():
+        raise fail(f"classes {(counts == 0).nonzero().flatten().tolist()} have no examples, so their prior would be 0 "
+                   "and log-prior -inf; pass smoothing > 0 (e.g. 1.0, add-one)")
+    return ((counts + smoothing) / (counts.sum() + num_classes * smoothing)).to(labels.device)
 
 # %% ../nbs/11_logit_adjustment.ipynb #e1a0b002
-def _diagnose_loss(logits, target, fname):
+def _diagnose_loss(logits, target):
     "Name the argument that made the loss NaN or inf."
-    if torch.isnan(logits).any(): raise ValueError(f"{fname}: logits contain NaN")
-    if torch.isinf(logits).any(): raise ValueError(f"{fname}: logits contain inf or -inf (refused, even where the loss would be finite)")
-    if target.is_floating_point() and not torch.isfinite(target).all(): raise ValueError(f"{fname}: target contains NaN or inf")
-    raise ValueError(f"{fname}: the loss is not finite: an empty batch, or every target equal to ignore_index, leaves "
-                     "reduction='mean' nothing to average (use reduction='sum' or 'none')")
+    if torch.isnan(logits).any(): raise fail("logits contain NaN")
+    if torch.isinf(logits).any(): raise fail("logits contain inf or -inf (refused, even where the loss would be finite)")
+    if target.is_floating_point() and not torch.isfinite(target).all(): raise fail("target contains NaN or inf")
+    raise fail("the loss is not finite: an empty batch, or every target equal to ignore_index, leaves "
+               "reduction='mean' nothing to average (use reduction='sum' or 'none')")
 
-def _adjusted_cross_entropy(logits, target, priors, tau, reduction, ignore_index, fname):
+# %% ../nbs/11_logit_adjustment.ipynb #d03ca0c2
+def _adjusted_cross_entropy(logits, target, priors, tau, reduction, ignore_index):
     """Checks logits and target, and the priors again (they may have changed since they were checked), shifts and calls
     F.cross_entropy; refuses a loss that is not finite. Two host syncs when all is well: labels, priors and the
     finiteness of the logits before, one finiteness reduction over the (reduced) loss after."""
-    cdim = _check_logits(logits, fname)
+    cdim = _check_logits(logits)
     K = logits.shape[cdim]
-    _check_prior_tensor(priors, K, fname)
-    _check_tensor(target, fname, 'target')
+    _check_prior_tensor(priors, K)
+    check_tensor(target, 'target', values=True)
     if target.is_floating_point():                                # class probabilities, the shape of logits
         if target.shape != logits.shape:
-            raise ValueError(f"{fname}: probability targets must have the shape of logits {tuple(logits.shape)}, got {tuple(target.shape)}")
+            raise fail(f"probability targets must have the shape of logits {tuple(logits.shape)}, got {tuple(target.shape)}")
         target, ok = target.to(logits.dtype), _priors_ok(priors) & torch.isfinite(logits).all()
     else:
         expected = logits.shape[:cdim] + logits.shape[cdim + 1:]
         if target.shape != expected:
-            raise ValueError(f"{fname}: target must have shape {tuple(expected)} for logits of shape {tuple(logits.shape)}, "
-                             f"got {tuple(target.shape)}")
-        _check_labels(target, K, fname, 'target', ignore_index, checked=True)   # dtype only
+            raise fail(f"target must have shape {tuple(expected)} for logits of shape {tuple(logits.shape)}, "
+                       f"got {tuple(target.shape)}")
+        _check_labels(target, K, 'target', ignore_index, checked=True)   # dtype only
         target, ok = target.long(), _priors_ok(priors) & ~_label_errors(target, K, ignore_index) & torch.isfinite(logits).all()
     if not ok:                                                    # one host sync; diagnose only on failure
-        _check_priors(priors, K, fname)
-        if not target.is_floating_point(): _check_labels(target, K, fname, 'target', ignore_index)
-        _diagnose_loss(logits, target, fname)                     # the logits are not finite
+        _check_priors(priors, K)
+        if not target.is_floating_point(): _check_labels(target, K, 'target', ignore_index)
+        _diagnose_loss(logits, target)                            # the logits are not finite
     shift = 0 if tau == 0 else tau * _log_priors(priors.to(device=logits.device, dtype=logits.dtype), logits, cdim)
     loss = F.cross_entropy(logits + shift, target, reduction=reduction, ignore_index=ignore_index)
-    if not torch.isfinite(loss).all(): _diagnose_loss(logits, target, fname)
+    if not torch.isfinite(loss).all(): _diagnose_loss(logits, target)
     return loss
 
-# %% ../nbs/11_logit_adjustment.ipynb #79d445bc
-def class_priors(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    "Empirical class priors (count_y + smoothing) / (n + K smoothing), float64; a class with no examples needs smoothing > 0."
-    fn = 'class_priors'
-    _check_num_classes(num_classes, fn)
-    _check_labels(labels, num_classes, fn, 'labels')
-    if labels.dim() != 1 or labels.numel() == 0: raise ValueError(f"{fn}: labels must be a non-empty 1-D tensor, got shape {tuple(labels.shape)}")
-    _check_nonnegative(smoothing, fn, 'smoothing')
-    counts = torch.bincount(labels.long(), minlength=num_classes).double()
-    if smoothing == 0 and (counts == 0).any():
-        raise ValueError(f"{fn}: classes {(counts == 0).nonzero().flatten().tolist()} have no examples, so their prior would be 0 "
-                         "and log-prior -inf; pass smoothing > 0 (e.g. 1.0, add-one)")
-    return ((counts + smoothing) / (counts.sum() + num_classes * smoothing)).to(labels.device)
-
 # %% ../nbs/11_logit_adjustment.ipynb #8a7ebed7
-def logit_adjusted_loss(logits: torch.Tensor, target: torch.Tensor, priors: torch.Tensor, tau: float = 1.0,
-                        reduction: str = 'mean', ignore_index: int = -100) -> torch.Tensor:
+@public
+def logit_adjusted_loss(logits: torch.Tensor,   # (N, K), (N, K, d1, ...) or a single example (K,), floating and finite
+                        target: torch.Tensor,   # class indices (any integer dtype) or class probabilities (logits' shape)
+                        priors: torch.Tensor,   # the class priors (K,): positive, summing to 1
+                        tau: float = 1.0,       # the adjustment's scale, >= 0 (0: plain cross-entropy)
+                        reduction: str = 'mean',  # 'mean', 'sum' or 'none', as in F.cross_entropy
+                        ignore_index: int = -100,  # a target value that does not count, as in F.cross_entropy
+                       ) -> torch.Tensor:
     "F.cross_entropy(logits + tau * log(priors), target): the logit-adjusted loss of Menon et al.; tau = 0 is plain cross-entropy."
-    fn = 'logit_adjusted_loss'
-    _check_logits(logits, fn)
-    tau = _check_tau(tau, fn)
-    _check_prior_tensor(priors, None, fn)
-    _check_reduction(reduction, fn)
-    ignore_index = _check_ignore_index(ignore_index, fn)
-    return _adjusted_cross_entropy(logits, target, priors, tau, reduction, ignore_index, fn)
+    _check_logits(logits)
+    tau = check_real(tau, 'tau', 0)
+    _check_prior_tensor(priors, None)
+    check_choice(reduction, 'reduction', ('mean', 'sum', 'none'))
+    ignore_index = check_int(ignore_index, 'ignore_index')
+    return _adjusted_cross_entropy(logits, target, priors, tau, reduction, ignore_index)
 
 # %% ../nbs/11_logit_adjustment.ipynb #2fccdf5d
 def _check_loaded_priors(module, state_dict, prefix, *args):
     "load_state_dict pre-hook: refuse priors the constructor would refuse, before anything is copied."
-    if prefix + 'priors' in state_dict: _check_priors(state_dict[prefix + 'priors'], module.priors.numel(), 'LogitAdjustedLoss')
+    if prefix + 'priors' in state_dict:
+        with naming('LogitAdjustedLoss'): _check_priors(state_dict[prefix + 'priors'], module.priors.numel())
 
+def _checked_property(name, check, owner):
+    "A property stored in `_name`, whose setter stores check(value); errors name `owner`."
+    def set_value(self, value): # the new value, stored as check(value)
+        with naming(owner): setattr(self, '_' + name, check(value))
+    return property(lambda self: getattr(self, '_' + name), set_value, doc=f"{name}, checked whenever it is set")
+
+# %% ../nbs/11_logit_adjustment.ipynb #93791538
 class LogitAdjustedLoss(nn.Module):
     """`logit_adjusted_loss` as a loss module. The priors are a buffer (they follow `.to(device)`), checked at construction,
     on `load_state_dict` and, with one reduction, at every call; `tau`, `reduction` and `ignore_index` are checked when set."""
-    def __init__(self, priors: torch.Tensor, tau: float = 1.0, reduction: str = 'mean', ignore_index: int = -100):
+    @public(name='LogitAdjustedLoss')
+    def __init__(self, priors: torch.Tensor,    # the class priors (K,): positive, summing to 1; copied into a buffer
+                 tau: float = 1.0,              # the adjustment's scale, >= 0 (0: plain cross-entropy)
+                 reduction: str = 'mean',       # 'mean', 'sum' or 'none', as in F.cross_entropy
+                 ignore_index: int = -100):     # a target value that does not count, as in F.cross_entropy
         super().__init__()
-        self.register_buffer('priors', _check_priors(priors, None, 'LogitAdjustedLoss').detach().clone())
+        self.register_buffer('priors', _check_priors(priors, None).detach().clone())
         self.tau, self.reduction, self.ignore_index = tau, reduction, ignore_index       # through the setters below
         self.register_load_state_dict_pre_hook(_check_loaded_priors)
 
-    @property
-    def tau(self): return self._tau
-    @tau.setter
-    def tau(self, value): self._tau = _check_tau(value, 'LogitAdjustedLoss')
-    @property
-    def reduction(self): return self._reduction
-    @reduction.setter
-    def reduction(self, value): _check_reduction(value, 'LogitAdjustedLoss'); self._reduction = value
-    @property
-    def ignore_index(self): return self._ignore_index
-    @ignore_index.setter
-    def ignore_index(self, value): self._ignore_index = _check_ignore_index(value, 'LogitAdjustedLoss')
+    tau = _checked_property('tau', lambda v: check_real(v, 'tau', 0), 'LogitAdjustedLoss')
+    reduction = _checked_property('reduction', lambda v: check_choice(v, 'reduction', ('mean', 'sum', 'none')),
+                                  'LogitAdjustedLoss')
+    ignore_index = _checked_property('ignore_index', lambda v: check_int(v, 'ignore_index'), 'LogitAdjustedLoss')
 
-    def forward(self, logits, target):
-        return _adjusted_cross_entropy(logits, target, self.priors, self.tau, self.reduction, self.ignore_index, 'LogitAdjustedLoss')
+    @public(name='LogitAdjustedLoss')
+    def forward(self, logits: torch.Tensor,  # as in logit_adjusted_loss
+                target: torch.Tensor):       # as in logit_adjusted_loss
+        return _adjusted_cross_entropy(logits, target, self.priors, self.tau, self.reduction, self.ignore_index)
 
     def extra_repr(self): return f"num_classes={self.priors.numel()}, tau={self.tau}, reduction={self.reduction!r}"
 
 # %% ../nbs/11_logit_adjustment.ipynb #596af96a
-def posthoc_adjust(logits: torch.Tensor, priors: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+@public
+def posthoc_adjust(logits: torch.Tensor,  # (N, K, ...) or (K,) logits of a model trained on the imbalanced data
+                   priors: torch.Tensor,  # the training class priors (K,): positive, summing to 1
+                   tau: float = 1.0,      # the adjustment's scale, >= 0 (1: the balanced Bayes rule)
+                  ) -> torch.Tensor:
     "logits - tau * log(priors) along the class dimension (dim 1, or 0 for a single example): argmax is the adjusted rule."
-    fn = 'posthoc_adjust'
-    cdim = _check_logits(logits, fn)
-    tau = _check_tau(tau, fn)
-    priors = _check_priors(priors, logits.shape[cdim], fn, like=logits)
-    _refuse_nan(logits, fn)                                   # +-inf logits are valid (probability 1 or 0); NaN is not
+    cdim = _check_logits(logits)
+    tau = check_real(tau, 'tau', 0)
+    priors = _check_priors(priors, logits.shape[cdim], like=logits)
+    _refuse_nan(logits)                                       # +-inf logits are valid (probability 1 or 0); NaN is not
     return logits if tau == 0 else logits - tau * _log_priors(priors, logits, cdim)
 
 # %% ../nbs/11_logit_adjustment.ipynb #f8265abf
 class PerClassError(NamedTuple):
     "Result of `per_class_error`: each class's error rate P(pred != y | y), and its number of examples."
-    error: torch.Tensor
-    count: torch.Tensor
+    error: torch.Tensor  # (K,) float64 error rate of each class
+    count: torch.Tensor  # (K,) int64 number of examples of each class in target
 
-def _per_class_error(pred, target, num_classes, fn):
-    _check_num_classes(num_classes, fn)
-    _check_tensor(pred, fn, 'pred')
+def _per_class_error(pred, target, num_classes):
+    _check_num_classes(num_classes)
+    check_tensor(pred, 'pred', values=True)
     if pred.is_floating_point():
         if pred.dim() != 2 or pred.shape[1] != num_classes:
-            raise ValueError(f"{fn}: floating pred must be logits of shape (N, {num_classes}), got {tuple(pred.shape)}")
-        _refuse_nan(pred, fn, 'pred logits')                  # argmax would score a NaN row as some class
+            raise fail(f"floating pred must be logits of shape (N, {num_classes}), got {tuple(pred.shape)}")
+        _refuse_nan(pred, 'pred logits')                      # argmax would score a NaN row as some class
         pred = pred.argmax(1)
-    _check_labels(pred, num_classes, fn, 'pred'); _check_labels(target, num_classes, fn, 'target')
+    _check_labels(pred, num_classes, 'pred'); _check_labels(target, num_classes, 'target')
     if pred.dim() != 1 or pred.shape != target.shape:
-        raise ValueError(f"{fn}: pred and target must be 1-D of the same length, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise fail(f"pred and target must be 1-D of the same length, got {tuple(pred.shape)} and {tuple(target.shape)}")
     count = torch.bincount(target.long(), minlength=num_classes)
     if (count == 0).any():
-        raise ValueError(f"{fn}: classes {(count == 0).nonzero().flatten().tolist()} have no examples in target, so their "
-                         "error is undefined")
+        raise fail(f"classes {(count == 0).nonzero().flatten().tolist()} have no examples in target, so their "
+                   "error is undefined")
     wrong = torch.bincount(target.long(), weights=(pred != target).double(), minlength=num_classes)
     return PerClassError(wrong / count, count)
 
-def per_class_error(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> PerClassError:
+# %% ../nbs/11_logit_adjustment.ipynb #45c42bfd
+@public
+def per_class_error(pred: torch.Tensor,    # predicted labels (N,), or logits (N, K) whose argmax is taken
+                    target: torch.Tensor,  # true labels (N,), every class present
+                    num_classes: int,      # K, the number of classes
+                   ) -> PerClassError:
     "Error rate of each class, from predicted labels (or logits of shape (N, K), argmax taken) and true labels."
-    return _per_class_error(pred, target, num_classes, 'per_class_error')
+    return _per_class_error(pred, target, num_classes)
 
-def balanced_error(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+@public
+def balanced_error(pred: torch.Tensor,    # predicted labels (N,), or logits (N, K) whose argmax is taken
+                   target: torch.Tensor,  # true labels (N,), every class present
+                   num_classes: int,      # K, the number of classes
+                  ) -> torch.Tensor:
     "Balanced error rate (1/K) sum_y P(pred != y | y): the mean of `per_class_error` (1 - balanced accuracy)."
-    return _per_class_error(pred, target, num_classes, 'balanced_error').error.mean()
+    return _per_class_error(pred, target, num_classes).error.mean()
