@@ -6,271 +6,79 @@ r"""$\|W\|_2 \le \|W\|_F$: the crude Lipschitz bound of a layer, and why the L2 
 __all__ = ['weight_matrices', 'l2_penalty', 'conv_overlap_factor', 'frobenius_lipschitz_bound']
 
 # %% ../nbs/03_frobenius.ipynb #81e57019
-import functools, math, numbers
+import functools
+import math
 import torch
 from torch import nn
 import torch.nn.functional as F
-
-# %% ../nbs/03_frobenius.ipynb #c51c345c
-_CONV_TRANSPOSE = nn.modules.conv._ConvTransposeNd
-_WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
-
-def _check_model(model, fname):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{fname}: model must be a torch.nn.Module, got {type(model).__name__}")
-
-def _layer_matrix(module):
-    "The weight of a Linear/Conv `module` as a matrix whose rows are output channels."
-    W = module.weight
-    if isinstance(module, _CONV_TRANSPOSE): W = W.transpose(0, 1)
-    return W.reshape(W.shape[0], -1)
-
-def _weight_layers(model, fname):
-    "(name, module) for every Linear/Conv layer of `model`, in module order; errors name `fname`."
-    _check_model(model, fname)
-    layers = []
-    for name, m in model.named_modules():
-        if not isinstance(m, _WEIGHT_LAYERS): continue
-        if isinstance(m.weight, nn.parameter.UninitializedParameter):
-            raise ValueError(f"{fname}: module '{name}' has an uninitialised lazy weight; run model forward once first")
-        layers.append((name or type(m).__name__, m))
-    if not layers: raise ValueError(f"{fname}: model has no Linear or Conv weight matrices")
-    return layers
+from .core import as_tuple, fail, layer_matrix, public, weight_layers
+from .lipschitz import composition_bound
 
 # %% ../nbs/03_frobenius.ipynb #3808e353
-def weight_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+@public
+def weight_matrices(model: nn.Module, # the network: its Linear and Conv layers, in module order
+                   ) -> list[tuple[str, torch.Tensor]]:
     "Each Linear/Conv weight of `model` as the matrix (out channels, fan-in) the chapters reason about, with its module name."
-    return [(name, _layer_matrix(m)) for name, m in _weight_layers(model, 'weight_matrices')]
+    return [(name, layer_matrix(m)) for name, m in weight_layers(model)]
 
 # %% ../nbs/03_frobenius.ipynb #764f0cac
-def l2_penalty(model: nn.Module) -> torch.Tensor:
+@public
+def l2_penalty(model: nn.Module, # the network: its Linear and Conv weights are penalised
+              ) -> torch.Tensor:
     "Sum of the squared Frobenius norms of the weight matrices of `model` (biases excluded); differentiable."
-    layers = _weight_layers(model, 'l2_penalty')
+    layers = weight_layers(model)
     for name, m in layers:
         if not m.weight.is_floating_point():
-            raise TypeError(f"l2_penalty: module '{name}' has a {m.weight.dtype} weight; model must have real floating weights")
+            raise fail(f"module '{name}' has a {m.weight.dtype} weight; model must have real floating weights", TypeError)
     dtype = functools.reduce(torch.promote_types, [m.weight.dtype for _, m in layers])
     wide = torch.promote_types(dtype, torch.float32)             # half precision squares overflow at 256: sum in float32
     total = sum(m.weight.to(wide).pow(2).sum() for _, m in layers)
     if total.is_meta: return total.to(dtype)                     # a meta model gets a meta result
     if not torch.isfinite(total) and (bad := [name for name, m in layers if not torch.isfinite(m.weight).all()]):
-        raise ValueError(f"l2_penalty: the weights of model's module(s) {bad} contain NaN or Inf")
+        raise fail(f"the weights of model's module(s) {bad} contain NaN or Inf")
     if not torch.isfinite(out := total.to(dtype)):
-        raise ValueError(f"l2_penalty: the penalty {total.item():.4g} overflows {dtype}; model's weights are too large for it")
+        raise fail(f"the penalty {total.item():.4g} overflows {dtype}; model's weights are too large for it")
     return out
 
 # %% ../nbs/03_frobenius.ipynb #af1cefe8
-def conv_overlap_factor(kernel_size, stride=1, dilation=1) -> float:
+@public
+def conv_overlap_factor(kernel_size, # the kernel size: an int, or one int per spatial dimension
+                        stride=1, # the stride: an int, or one per dimension
+                        dilation=1, # the dilation: an int, or one per dimension
+                       ) -> float:
     "sqrt of the most patches one input pixel can lie in: ||conv||_2 <= factor * ||reshaped kernel||_2 (zero padding)."
     args = {'kernel_size': kernel_size, 'stride': stride, 'dilation': dilation}
     n = next((len(v) for v in args.values() if isinstance(v, (tuple, list))), 1)
-    if n == 0: raise ValueError(f"conv_overlap_factor: kernel_size, stride and dilation need at least one dimension, "
-                                f"got {kernel_size!r}, {stride!r}, {dilation!r}")
-    k, s, d = (_as_tuple(v, n, 'conv_overlap_factor', name) for name, v in args.items())
-    if not len(k) == len(s) == len(d):
-        raise ValueError(f"conv_overlap_factor: kernel_size, stride and dilation have different lengths {k}, {s}, {d}")
+    if n == 0: raise fail(f"kernel_size, stride and dilation need at least one dimension, "
+                          f"got {kernel_size!r}, {stride!r}, {dilation!r}")
+    k, s, d = (as_tuple(v, n, name) for name, v in args.items())
+    if not len(k) == len(s) == len(d): raise fail(f"kernel_size, stride and dilation have different lengths {k}, {s}, {d}")
     return math.sqrt(math.prod(-(-ki * math.gcd(di, si) // si) for ki, si, di in zip(k, s, d)))
 
-# %% ../nbs/03_frobenius.ipynb #70dc7fb2
-def _as_tuple(v, n, fname, argname, minimum=1):
-    "`v` as a tuple of `n` ints >= `minimum` (an int is repeated `n` times)."
-    t = tuple(v) if isinstance(v, (tuple, list, torch.Size)) else (v,) * n
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in t):
-        raise TypeError(f"{fname}: {argname} must be an int or a tuple of ints, got {v!r}")
-    if len(t) != n or any(i < minimum for i in t):
-        raise ValueError(f"{fname}: {argname} must be {n} integer(s) >= {minimum}, got {v!r}")
-    return t
+# %% ../nbs/03_frobenius.ipynb #frob01
+def _frobenius_weight_bound(name, m):
+    "||W||_F in float64 (differentiable), times the overlap factor for a convolution, which needs zero padding."
+    b = torch.linalg.vector_norm(m.weight, dtype=torch.float64)
+    if isinstance(m, nn.modules.conv._ConvNd):
+        if m.padding_mode != 'zeros':
+            raise fail(f"module '{name}' of model uses padding_mode='{m.padding_mode}'; only zero padding is bounded")
+        b = b * conv_overlap_factor(tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation))
+    return b
 
-# %% ../nbs/03_frobenius.ipynb #3fdc679f
-_ONE_LIPSCHITZ = (nn.ReLU, nn.Tanh, nn.Identity, nn.Flatten, nn.Unflatten, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid)
-_NOT_LIPSCHITZ = (nn.Hardshrink, nn.Threshold)                 # jumps: no constant (unless degenerate, see below)
-_SOFTMAX = (nn.Softmax, nn.Softmin, nn.Softmax2d)              # Jacobian diag(p) - pp^T: norm <= 1/2
-
-def _max_abs_slope(fn, lo=-12.0, hi=12.0):
-    "sup |fn'| of a smooth scalar activation, by a dense float64 grid refined around its best point (used for smooth bumps)."
-    for _ in range(3):
-        x = torch.linspace(lo, hi, 200_001, dtype=torch.float64, requires_grad=True)
-        (d,) = torch.autograd.grad(fn(x).sum(), x)
-        i = int(d.abs().argmax()); step = (hi - lo) / 200_000
-        lo, hi = x[i].item() - 2 * step, x[i].item() + 2 * step
-    return d.abs().max().item() * (1 + 1e-9)                   # the grid's maximum, nudged up by the refinement's error
-
-_CALL_PATH = ('forward', '__call__', '_call_impl', '_wrapped_call_impl', '_conv_forward')
-_SEQUENTIAL_PATH = ('__iter__', '__getitem__', '__len__')      # Sequential.forward runs `for module in self`
-
-def _torch_base(m):
-    "The torch.nn class `m` derives from: the first class in its MRO defined in torch.nn.modules (nn.Module at the latest)."
-    return next(c for c in type(m).__mro__ if c.__module__.startswith('torch.nn.modules'))
-
-def _uses_torch_call_path(m) -> bool:
-    "Whether calling `m` runs its torch base class's own code: neither its class nor the instance replaces a method on the way."
-    names = _CALL_PATH + (_SEQUENTIAL_PATH if isinstance(m, nn.Sequential) else ())
-    base = _torch_base(m)
-    return not any(n in vars(m) for n in names) and all(getattr(type(m), n, None) is getattr(base, n, None) for n in names)
-
-def _overrides_forward(m):
-    "Whether `m`, a torch.nn layer or a subclass of one, does not run that layer's call path (then the layer's rule does not apply)."
-    return _torch_base(m) is not nn.Module and not _uses_torch_call_path(m)
-
-def _real(m, *names):
-    "The settings `names` of module `m` as floats, or None if one is not a finite real number."
-    vals = [getattr(m, n) for n in names]
-    ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in vals)
-    return [float(v) for v in vals] if ok else None
-
-def _softplus_rule(m, dtype):
-    "torch's Softplus is the identity where beta*x > threshold, leaving a jump log(1+e^-t)/|beta| at x = t/beta."
-    if (p := _real(m, 'beta', 'threshold')) is None or p[0] == 0:
-        return None, f"beta={m.beta!r} and threshold={m.threshold!r} must be finite, beta non-zero"
-    beta, t = p
-    jump = max(-t, 0.0) + math.log1p(math.exp(-abs(t)))          # log(1 + e^-t), times |beta|
-    if jump > torch.finfo(dtype).eps / 2 * t:                     # above half an ulp of the switch point t/beta
-        return None, (f"torch's Softplus jumps by log(1+exp(-threshold))/|beta| = {jump / abs(beta):.3g} at x = "
-                      f"threshold/beta, which {dtype} resolves; raise threshold (e.g. to 40) or declare a constant")
-    return 1.0, None
-
-# %% ../nbs/03_frobenius.ipynb #d29c401d
-def _piecewise_rule(m):
-    "The rule for the piecewise activations: (constant, None), (None, reason) if refused, or (None, None) if not one."
-    bad = lambda *names: (None, ", ".join(f"{n}={getattr(m, n)!r}" for n in names) + " must be finite")
-    if isinstance(m, nn.Hardtanh):                              # a clamp (ReLU6 too): 1-Lipschitz for any bounds, inf included
-        ok = all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v == v for v in (m.min_val, m.max_val))
-        return (1.0, None) if ok else (None, f"min_val={m.min_val!r} and max_val={m.max_val!r} must be real numbers")
-    if isinstance(m, nn.Softshrink):
-        return (1.0, None) if (p := _real(m, 'lambd')) and p[0] >= 0 else (None, f"lambd={m.lambd!r} must be finite and >= 0")
-    if isinstance(m, nn.Hardswish): return 1.5, None            # slope (2x+3)/6 on [-3, 3]: 3/2 at x = 3-
-    if isinstance(m, nn.Hardsigmoid): return 0.16666667163372040, None   # torch's slope: 1/6 rounded to float32, > 1/6
-    if isinstance(m, nn.LeakyReLU):
-        return (max(1.0, abs(p[0])), None) if (p := _real(m, 'negative_slope')) else bad('negative_slope')
-    if isinstance(m, nn.RReLU):                                 # eval: slope (lower+upper)/2; train: a random slope in between
-        if (p := _real(m, 'lower', 'upper')) is None or p[0] > p[1]:
-            return None, f"lower={m.lower!r} <= upper={m.upper!r} must be finite"
-        return (max(1.0, *map(abs, p)) if m.training else max(1.0, abs(p[0] + p[1]) / 2)), None
-    if isinstance(m, nn.PReLU):                                 # slope a_c on x < 0 in channel c
-        w = m.weight
-        if w.is_meta or w.numel() == 0 or w.is_complex() or not torch.isfinite(w).all():
-            return None, "its weight must hold finite real values"
-        return max(1.0, w.detach().abs().max().item()), None
-    if isinstance(m, nn.Hardshrink):                            # x outside [-lambd, lambd], else 0: jumps unless lambd <= 0
-        if (p := _real(m, 'lambd')) is None: return bad('lambd')
-        return (1.0, None) if p[0] <= 0 else (None, f"it jumps by lambd={p[0]!r} at +-lambd, so it has no Lipschitz constant")
-    if isinstance(m, nn.Threshold):                             # x if x > threshold else value: continuous iff value == threshold
-        if (p := _real(m, 'threshold', 'value')) is None: return bad('threshold', 'value')
-        return (1.0, None) if p[0] == p[1] else (None, "it jumps from value to threshold, so it has no Lipschitz constant")
-    return None, None
-
-# %% ../nbs/03_frobenius.ipynb #890c5311
-_SLOPES = {}                                                     # computed once per (activation, settings)
-
-def _cached_slope(key, fn):
-    if key not in _SLOPES: _SLOPES[key] = _max_abs_slope(fn)
-    return _SLOPES[key]
-
-def _activation_rule(m, dtype=torch.float32):
-    "(constant, None) for a known activation; (None, reason) for a known one with no sure constant; (None, None) if unknown."
-    if _overrides_forward(m): return None, f"{type(m).__name__} (its class or the instance) replaces torch's forward or call path"
-    if isinstance(m, _ONE_LIPSCHITZ): return 1.0, None
-    if isinstance(m, nn.Sigmoid): return 0.25, None
-    if isinstance(m, _SOFTMAX): return 0.5, None
-    if isinstance(m, nn.SELU): return 1.0507009873554805 * 1.6732632423543772, None   # scale * alpha, the slope at 0-
-    if isinstance(m, nn.ELU):                                   # alpha (e^x - 1) on x < 0: slope alpha e^x, |.| up to |alpha|
-        return (max(1.0, abs(p[0])), None) if (p := _real(m, 'alpha')) else (None, f"alpha={m.alpha!r} must be finite")
-    if isinstance(m, nn.CELU):                                  # alpha (e^{x/alpha} - 1) on x < 0: slope e^{x/alpha}
-        if (p := _real(m, 'alpha')) is None or p[0] == 0: return None, f"alpha={m.alpha!r} must be finite and non-zero"
-        return (1.0, None) if p[0] > 0 else (None, f"alpha={m.alpha!r} < 0 makes the slope e^(x/alpha) unbounded at -inf")
-    if isinstance(m, nn.Softplus): return _softplus_rule(m, dtype)
-    if isinstance(m, nn.GELU):
-        if m.approximate == 'none':                             # max of Phi(x) + x phi(x), at x = sqrt(2)
-            return 0.5 * (1 + math.erf(1.0)) + math.sqrt(2) * math.exp(-1.0) / math.sqrt(2 * math.pi), None
-        if m.approximate == 'tanh': return _cached_slope('gelu-tanh', lambda x: F.gelu(x, approximate='tanh')), None
-        return None, f"approximate={m.approximate!r} is not 'none' or 'tanh'"
-    if isinstance(m, nn.SiLU): return _cached_slope('silu', F.silu), None
-    if isinstance(m, nn.Mish): return _cached_slope('mish', F.mish), None
-    return _piecewise_rule(m)
-
-def _activation_constant(module, dtype=torch.float32):
-    "The Lipschitz constant of a known activation module (an upper bound, tight), or None for one we do not know or refuse."
-    return _activation_rule(module, dtype)[0]
-
-# %% ../nbs/03_frobenius.ipynb #090bdb76
-def _declared_constant(module, name, fname):
-    "A module's declared `lipschitz_constant`, checked to be a finite real >= 0 (bool, string, NaN, inf, negative refused)."
-    c, label = module.lipschitz_constant, name or type(module).__name__
-    if isinstance(c, torch.Tensor) and c.numel() == 1 and not (c.is_complex() or c.is_meta or c.dtype == torch.bool):
-        c = c.item()
-    if isinstance(c, bool) or not isinstance(c, numbers.Real):
-        raise TypeError(f"{fname}: module '{label}' of model declares lipschitz_constant={c!r}; "
-                        "it must be a finite real number >= 0")
-    try: c = float(c)
-    except OverflowError: c = math.inf                          # an int beyond float range
-    if not (math.isfinite(c) and c >= 0):
-        raise ValueError(f"{fname}: module '{label}' of model declares lipschitz_constant={c!r}; "
-                         "it must be a finite real number >= 0")
-    return c
-
-def _is_plain_sequential(module):
-    "An nn.Sequential that runs torch's own call path (forward, __call__, __iter__, ...): the chain of its children, in order."
-    return isinstance(module, nn.Sequential) and _uses_torch_call_path(module)
-
-def _module_lipschitz(module, name, fname, weight_bound, dtype=torch.float32):
-    "An upper bound on the Lipschitz constant of `module`, with `weight_bound(layer)` bounding each Linear/Conv layer."
-    where = f"module '{name or type(module).__name__}' ({type(module).__name__}) of model"
-    if hasattr(module, 'lipschitz_constant'): return _declared_constant(module, name, fname)
-    if module._forward_hooks or module._forward_pre_hooks:
-        raise ValueError(f"{fname}: module '{name or type(module).__name__}' of model has forward hooks, which may change "
-                         "what it computes; remove them or give the module a `lipschitz_constant` attribute")
-    if _overrides_forward(module):
-        raise ValueError(f"{fname}: cannot bound {where}: its class overrides torch's forward or another method on torch's "
-                         f"call path, or the instance does ({', '.join(_CALL_PATH + _SEQUENTIAL_PATH)}), so it may not "
-                         "compute what its torch layer does; give it a `lipschitz_constant`")
-    if isinstance(module, _WEIGHT_LAYERS):
-        b = weight_bound(module)
-        if isinstance(module, nn.modules.conv._ConvNd):
-            if module.padding_mode != 'zeros':
-                raise ValueError(f"{fname}: module '{name or type(module).__name__}' of model uses "
-                                 f"padding_mode='{module.padding_mode}'; only zero padding is bounded")
-            b = b * conv_overlap_factor(tuple(module.kernel_size), tuple(module.stride), tuple(module.dilation))
-        return b
-    constant, why = _activation_rule(module, dtype)
-    if constant is not None: return constant
-    if why is not None: raise ValueError(f"{fname}: cannot bound {where}: {why}")
-    if isinstance(module, nn.modules.dropout._DropoutNd):      # a mask scaled by 1/(1-p) in training, the identity in eval
-        if (p := _real(module, 'p')) is None or not 0 <= p[0] <= 1:
-            raise ValueError(f"{fname}: cannot bound {where}: p={module.p!r} must be in [0, 1]")
-        return 1.0 / (1.0 - p[0]) if module.training and p[0] < 1 else 1.0
-    if not _is_plain_sequential(module):
-        raise ValueError(f"{fname}: cannot bound {where}; only a plain nn.Sequential is walked, since any other module's "
-                         "forward may combine its children in any way: give it a `lipschitz_constant` attribute")
-    out = 1.0
-    for cname, child in module._modules.items():
-        if child is not None:                                   # a module used twice counts twice
-            out = out * _module_lipschitz(child, f"{name}.{cname}" if name else cname, fname, weight_bound, dtype)
-    return out
-
-# %% ../nbs/03_frobenius.ipynb #98dfdfa7
-def _network_bound(model, fname, weight_bound):
-    """Product bound of `model` with per-layer `weight_bound` (in float64), returned in the model's dtype rounded up;
-    meta, non-float or non-finite weights and global forward hooks are refused before any work."""
-    layers = _weight_layers(model, fname)
-    for name, m in layers:
-        w, where = m.weight, f"module '{name}' of model"
-        if w.is_meta:
-            raise ValueError(f"{fname}: {where} has its weight on the meta device (no values); materialise model first")
-        if not w.is_floating_point():
-            raise TypeError(f"{fname}: {where} has a {w.dtype} weight; model must have real floating weights")
-        if not torch.isfinite(w).all(): raise ValueError(f"{fname}: the weights of {where} contain NaN or Inf")
-    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
-        raise ValueError(f"{fname}: global forward hooks are registered and may change what model computes; remove them")
-    W = layers[0][1].weight                                     # the result's device and dtype
-    exact = torch.as_tensor(_module_lipschitz(model, '', fname, weight_bound, W.dtype), dtype=torch.float64, device=W.device)
-    bound = exact.to(W.dtype)
-    up = torch.nextafter(bound.detach(), torch.tensor(math.inf, dtype=W.dtype, device=W.device))
+def _round_up(exact, like):
+    "The float64 tensor `exact` in the dtype of the tensor `like`, rounded up, keeping the graph; refused if it overflows."
+    bound = exact.to(like.dtype)
+    up = torch.nextafter(bound.detach(), torch.tensor(math.inf, dtype=like.dtype, device=like.device))
     bound = bound + torch.where(bound.detach().double() < exact.detach(), up - bound.detach(), 0)   # round up, keep the graph
     if not torch.isfinite(bound):
-        raise ValueError(f"{fname}: the bound {exact.item():.4g} overflows {W.dtype}; cast model to float32 or float64")
+        raise fail(f"the bound {exact.item():.4g} overflows {like.dtype}; cast model to float32 or float64")
     return bound
 
 # %% ../nbs/03_frobenius.ipynb #159438ce
-def frobenius_lipschitz_bound(model: nn.Module) -> torch.Tensor:
+@public
+def frobenius_lipschitz_bound(model: nn.Module, # a (nested) plain nn.Sequential of Linear/Conv layers, activations, ...
+                             ) -> torch.Tensor:
     "Upper bound on the L2 Lipschitz constant of an nn.Sequential `model`: the product of its layers' Frobenius bounds."
-    return _network_bound(model, 'frobenius_lipschitz_bound', lambda m: torch.linalg.vector_norm(m.weight, dtype=torch.float64))
+    exact = composition_bound(model, _frobenius_weight_bound)
+    W = weight_layers(model)[0][1].weight                       # the result's device and dtype
+    return _round_up(torch.as_tensor(exact, dtype=torch.float64, device=W.device), W)
