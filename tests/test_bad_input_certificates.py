@@ -1,4 +1,4 @@
-"""Bad input for lipnotes.lipschitz (issue 14): every case ends in a ValueError/TypeError whose message starts with the
+"""Bad input for lipnotes.certificates (and, until it moves to test_bad_input_lipschitz.py, activation_lipschitz) (issue 14): every case ends in a ValueError/TypeError whose message starts with the
 public function's name and names the argument, raised before any work, or in a correct result checked against an
 independent reference (a dense Jacobian from torch.func.jacrev, torch.linalg)."""
 import math
@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.func import jacrev
 
-from lipnotes.lipschitz import (activation_lipschitz, certify, jacobian_spectral_norm, lipschitz_lower_bound,
-                                lipschitz_upper_bound)
+from lipnotes.certificates import certify, jacobian_spectral_norm, lipschitz_lower_bound, lipschitz_upper_bound
+from lipnotes.lipschitz import activation_lipschitz
 
 torch.manual_seed(0)
 mlp = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()

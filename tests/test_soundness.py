@@ -5,8 +5,8 @@ attains, measured two independent ways.
 geometry and padding mode; max, average, adaptive and LP pooling with int or tuple arguments; eval-mode BatchNorm with
 negative gamma and small running_var; every activation, parameterised ones with unusual parameters; Flatten/Unflatten;
 Dropout in train and eval mode; modules with a true declared `lipschitz_constant`; nested Sequentials and a module used
-twice). For each net, `lipnotes.lipschitz.lipschitz_upper_bound(model, input_shape)`,
-`lipnotes.norms.frobenius_lipschitz_bound(model)` and `lipnotes.lipschitz.certify(model, x)` must either
+twice). For each net, `lipnotes.certificates.lipschitz_upper_bound(model, input_shape)`,
+`lipnotes.norms.frobenius_lipschitz_bound(model)` and `lipnotes.certificates.certify(model, x)` must either
 
 * return a finite bound >= what the net attains:
   (a) ||J_f(x)||_2 of the dense Jacobian (`torch.autograd.functional.jacobian`, float64) at random points of several
@@ -34,7 +34,7 @@ import pytest
 import torch
 from torch import nn
 
-import lipnotes.lipschitz
+import lipnotes.certificates
 import lipnotes.norms
 
 # Rounding tolerance, and nothing else: every bound and every attained value is computed in float64 (eps 1.1e-16). A bound
@@ -494,7 +494,7 @@ def _assert_sound(fname, b, att, ctx):
 def check_upper_bound(seed, budget=1):
     model, shape, train = build_net(seed)
     ctx = describe(seed, model, shape, train)
-    bound = _call('lipschitz_upper_bound', lipnotes.lipschitz.lipschitz_upper_bound, model, shape, ctx=ctx)
+    bound = _call('lipschitz_upper_bound', lipnotes.certificates.lipschitz_upper_bound, model, shape, ctx=ctx)
     if bound is None: return
     _assert_sound('lipschitz_upper_bound', _as_float('lipschitz_upper_bound', bound, ctx), _attained_cached(seed, budget), ctx)
 
@@ -512,7 +512,7 @@ def check_certify(seed, budget=1):
     model, shape, train = build_net(seed)
     ctx = describe(seed, model, shape, train)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed + 31), dtype=F64)
-    cert = _call("certify", lipnotes.lipschitz.certify, model, x, ctx=ctx, steps=3 if budget == 1 else 10, n_iter=2)
+    cert = _call("certify", lipnotes.certificates.certify, model, x, ctx=ctx, steps=3 if budget == 1 else 10, n_iter=2)
     if cert is None: return
     lower = cert.lower.item()
     upper = _as_float('certify', cert.upper, ctx)
@@ -623,7 +623,7 @@ def _certify_activation(name, make, trains, steps):
     if trains: model[1].train()
     ctx = f"input_shape=(3,)\n{model!r}" + ("  (activation in train mode)" if trains else "")
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
-    cert = _call('certify', lipnotes.lipschitz.certify, model, x, ctx=ctx, steps=steps, n_iter=2)
+    cert = _call('certify', lipnotes.certificates.certify, model, x, ctx=ctx, steps=steps, n_iter=2)
     if cert is None: return
     lower, upper = cert.lower.item(), _as_float('certify', cert.upper, ctx)
     assert math.isfinite(lower) and _fits(lower, upper), f"certify: lower {lower} > upper {upper}\n{ctx}"
@@ -800,7 +800,7 @@ def test_generator_covers_every_layer_slow():
 # ------------------------------------------------------------------------------------------------ hand-made regressions
 # Each was unsound at 81a32c6. The attained value is computed here (dense Jacobian or a pair ratio), never typed in; a
 # sanity assertion checks that the case attains what it is meant to, so that the regression cannot pass vacuously.
-BOUNDS = [('lipschitz_upper_bound', lambda m, s: lipnotes.lipschitz.lipschitz_upper_bound(m, s)),
+BOUNDS = [('lipschitz_upper_bound', lambda m, s: lipnotes.certificates.lipschitz_upper_bound(m, s)),
           ('frobenius_lipschitz_bound', lambda m, s: lipnotes.norms.frobenius_lipschitz_bound(m))]
 
 
@@ -940,7 +940,7 @@ def test_regression_declared_constant_refused(declared):
     "A declared lipschitz_constant must be a finite real >= 0; anything else is refused (81a32c6: NaN gave a NaN bound)."
     model = nn.Sequential(nn.Linear(2, 2), Declared(declared)).double().eval()
     x = torch.randn(3, 2, dtype=F64)
-    for fname, call in BOUNDS + [('certify', lambda m, s: lipnotes.lipschitz.certify(m, x, steps=2))]:
+    for fname, call in BOUNDS + [('certify', lambda m, s: lipnotes.certificates.certify(m, x, steps=2))]:
         with pytest.raises((ValueError, TypeError)) as e:
             call(model, (2,))
         assert str(e.value).startswith(f"{fname}: "), f"{fname}: {type(e.value).__name__}: {e.value}"
@@ -961,7 +961,7 @@ def test_core_layers_are_bounded():
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2), nn.AvgPool2d(2, 1),
                           nn.Dropout(0.3), nn.Flatten(), nn.Linear(12, 4), nn.Tanh(), nn.Linear(4, 2)).double().eval()
     shape = (2, 6, 6)
-    b = lipnotes.lipschitz.lipschitz_upper_bound(model, shape).item()
+    b = lipnotes.certificates.lipschitz_upper_bound(model, shape).item()
     att = attained(model, shape, [], 0)
     _assert_sound('lipschitz_upper_bound', b, att, f"{model!r}")
     mlp = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Dropout(0.2), nn.Linear(6, 3)).double().eval()
