@@ -1,4 +1,4 @@
-# lipnotes: `make docs` (set up, export, render) and `make test` (everything CI checks). See README.md.
+# lipnotes: `make docs` (set up, export, render) and `make test` (everything CI checks: lint, sync, tests, notebooks). See README.md.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,7 @@ TORCH_LOCAL ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 
-.PHONY: install export docs readme test check-sync bench clean
+.PHONY: install export docs readme lint test check-sync bench clean
 
 install: $(VENV)/.installed
 
@@ -53,17 +53,16 @@ check-sync: install
 	  echo "nbdev-clean/nbdev-export changed files: notebooks unclean or library out of sync:"; git status --porcelain; exit 1; \
 	fi; echo "notebooks clean, library in sync"
 
-test: check-sync
+# ruff over the library, the tests, the benchmarks, the tools and the notebooks (rules and line length: pyproject.toml).
+lint: install
+	$(BIN)/ruff check lipnotes tests benchmarks tools nbs conftest.py
+
+test: lint check-sync
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m pytest tests nbs $(NBVAL) -p no:cacheprovider
 
+# Every benchmarks/bench_*.py, in file-name order; each reports ratios against a baseline timed in the same process.
 bench: install
-	$(PY) benchmarks/bench_spectral.py
-	$(PY) benchmarks/bench_lipschitz.py
-	$(PY) benchmarks/bench_pooling.py
-	$(PY) benchmarks/bench_gradients.py
-	$(PY) benchmarks/bench_adversarial.py
-	$(PY) benchmarks/bench_sharpness.py
-	$(PY) benchmarks/bench_wgan.py
+	@set -e; for f in benchmarks/bench_*.py; do echo "=== $$f"; $(PY) $$f; done
 
 clean:
 	rm -rf _proc docs .pytest_cache
