@@ -72,7 +72,7 @@ class CriticStep(NamedTuple):
     loss: torch.Tensor               # E_g f - E_r f (+ lambda * penalty), detached
     gap: torch.Tensor                # E_r f - E_g f before the step, detached: the critic's estimate of K W_1
     penalty: torch.Tensor | None     # the gradient penalty before lambda, detached; None for steps without one
-    stepped: bool                    # False: the loss was not finite, so the critic and its optimizer are untouched
+    stepped: bool                    # False: the loss was not finite; the parameters and the optimizer are untouched
 
 def _check_step(critic, opt, real, fake):
     "The arguments every step shares: a module, an optimizer, two batches of one shape, dtype and device."
@@ -84,9 +84,12 @@ def _check_step(critic, opt, real, fake):
         raise fail(f"real and fake must share shape, dtype and device, got {tuple(real.shape)} {real.dtype} on "
                    f"{real.device} and {tuple(fake.shape)} {fake.dtype} on {fake.device}")
 
+# %% ../nbs/10_wgan.ipynb #e0328dcd
 def _critic_loss(critic, real, fake):
-    "E_g f - E_r f from one forward on fake and real together."
-    scores = critic(torch.cat([fake, real]))
+    "E_g f - E_r f from one forward on fake and real together, once both are known to be finite."
+    x = torch.cat([fake, real])
+    if not torch.isfinite(x).all(): raise fail(f"{'fake' if torch.isfinite(real).all() else 'real'} contains NaN or Inf")
+    scores = critic(x)
     return scores[:len(real)].mean() - scores[len(real):].mean()
 
 def _descend(opt, loss, critic_loss, penalty=None):
@@ -95,12 +98,11 @@ def _descend(opt, loss, critic_loss, penalty=None):
     if stepped: opt.zero_grad(); loss.backward(); opt.step()
     return CriticStep(loss.detach(), -critic_loss.detach(), None if penalty is None else penalty.detach(), stepped)
 
-# %% ../nbs/10_wgan.ipynb #e0328dcd
 @public
 def wasserstein_step(critic: nn.Module, # the critic, trained in place
                      opt: torch.optim.Optimizer, # the optimizer of the critic's parameters
-                     real: torch.Tensor, # a batch (batch, ...) of data points
-                     fake: torch.Tensor, # a batch of generated points, of the shape, dtype and device of `real`
+                     real: torch.Tensor, # a finite batch (batch, ...) of data points
+                     fake: torch.Tensor, # a finite batch of generated points, of the shape, dtype and device of `real`
                     ) -> CriticStep:
     "One critic update on E_g f - E_r f with no constraint of its own: the unconstrained ('plain') critic's step."
     _check_step(critic, opt, real, fake)
@@ -111,8 +113,8 @@ def wasserstein_step(critic: nn.Module, # the critic, trained in place
 @public
 def clipping_step(critic: nn.Module, # the critic, trained in place
                   opt: torch.optim.Optimizer, # the optimizer of the critic's parameters
-                  real: torch.Tensor, # a batch (batch, ...) of data points
-                  fake: torch.Tensor, # a batch of generated points, of the shape, dtype and device of `real`
+                  real: torch.Tensor, # a finite batch (batch, ...) of data points
+                  fake: torch.Tensor, # a finite batch of generated points, of the shape, dtype and device of `real`
                   c: float = CLIP, # the clamp bound: every parameter ends in [-c, c]
                  ) -> CriticStep:
     "`wasserstein_step`, then every parameter clamped to [-c, c] (Arjovsky et al.); a step not taken clamps nothing."
@@ -135,8 +137,8 @@ def _check_alpha(alpha, n):
 @public
 def gradient_penalty_step(critic: nn.Module, # the critic, trained in place
                           opt: torch.optim.Optimizer, # the optimizer of the critic's parameters
-                          real: torch.Tensor, # a batch (batch, ...) of data points
-                          fake: torch.Tensor, # a batch of generated points, of the shape, dtype and device of `real`
+                          real: torch.Tensor, # a finite batch (batch, ...) of data points
+                          fake: torch.Tensor, # a finite batch of generated points, of the shape, dtype and device of `real`
                           alpha: torch.Tensor | None = None, # interpolation weights (batch,) in [0, 1]; None: drawn
                           lam: float = LAMBDA, # the penalty weight lambda >= 0
                           one_sided: bool = False, # penalise relu(||grad f|| - 1)^2 only
@@ -158,8 +160,8 @@ def _check_normalized(critic):
 @public
 def spectral_normalization_step(critic: nn.Module, # a critic with `spectral_normalize` on its layers, trained in place
                                 opt: torch.optim.Optimizer, # the optimizer of the critic's parameters
-                                real: torch.Tensor, # a batch (batch, ...) of data points
-                                fake: torch.Tensor, # a batch of generated points, of the shape, dtype and device of `real`
+                                real: torch.Tensor, # a finite batch (batch, ...) of data points
+                                fake: torch.Tensor, # a finite batch of generated points, of the shape, dtype and device of `real`
                                ) -> CriticStep:
     "One critic update on E_g f - E_r f through the normalised weights; the training-mode forward takes the power steps."
     _check_step(critic, opt, real, fake); _check_normalized(critic)
@@ -171,8 +173,8 @@ def spectral_normalization_step(critic: nn.Module, # a critic with `spectral_nor
 def critic_step(kind: str, # one of KINDS, the kind `make_critic` built the critic as
                 critic: nn.Module, # the critic, trained in place
                 opt: torch.optim.Optimizer, # the optimizer of the critic's parameters
-                real: torch.Tensor, # a batch (batch, ...) of data points
-                fake: torch.Tensor, # a batch of generated points, of the shape, dtype and device of `real`
+                real: torch.Tensor, # a finite batch (batch, ...) of data points
+                fake: torch.Tensor, # a finite batch of generated points, of the shape, dtype and device of `real`
                 alpha: torch.Tensor | None = None, # GP kinds: interpolation weights (batch,) in [0, 1] (None: drawn); others ignore it
                ) -> CriticStep:
     "The step of `kind`: wasserstein ('plain'), clipping (c=CLIP), gradient penalty (lam=LAMBDA) or spectral normalisation."
