@@ -20,15 +20,20 @@ render_docs = importlib.util.module_from_spec(spec); spec.loader.exec_module(ren
 CHROMIUM = next((shutil.which(c) for c in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(c)), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason='no Chromium on PATH (CI installs Debian chromium; '
                                                               'apt-get install chromium to run these locally)')
-API = {'frobenius.html': ['weight_matrices', 'l2_penalty', 'conv_overlap_factor', 'frobenius_lipschitz_bound'],
+API = {'core.html': ['public', 'fail', 'check_tensor', 'unit', 'leaves'],
+       'lipschitz.html': ['activation_lipschitz', 'layer_rule', 'layer_constant', 'composition_bound'],
+       'certificates.html': ['lipschitz_upper_bound', 'jacobian_spectral_norm', 'lipschitz_lower_bound', 'certify'],
+       'frobenius.html': ['weight_matrices', 'l2_penalty', 'conv_overlap_factor', 'frobenius_lipschitz_bound'],
        'power_iteration.html': ['power_iteration', 'conv_operator_norm', 'spectral_penalty'],
        'gradient_inequality.html': ['input_grad_norm', 'param_grad_norm', 'gradient_inequality'],
        'adversarial_training.html': ['fgm', 'pgd', 'input_gradient_penalty', 'embedding_fgm', 'wgan_gradient_penalty'],
        'sharpness.html': ['SAM', 'GradientNormPenalty', 'gradient_norm_penalty', 'flooding', 'hessian_top_eigenvalue'],
+       'wgan.html': ['relu_mlp', 'clip_weights', 'make_critic', 'wasserstein_step', 'clipping_step', 'gradient_penalty_step',
+                     'spectral_normalization_step', 'critic_step'],
        'logit_adjustment.html': ['class_priors', 'logit_adjusted_loss', 'LogitAdjustedLoss', 'posthoc_adjust',
                                  'per_class_error', 'balanced_error']}
-NO_MODULE = {'index.html', 'wgan.html'}          # pages that export nothing, so have no source links
-FIGURES = {'lipschitz.html': 2, 'frobenius.html': 1, 'power_iteration.html': 2, 'gradient_inequality.html': 1,
+NO_MODULE = {'index.html'}          # pages that export nothing, so have no source links
+FIGURES = {'certificates.html': 2, 'frobenius.html': 1, 'power_iteration.html': 2, 'gradient_inequality.html': 1,
            'adversarial_training.html': 2, 'sharpness.html': 2, 'wgan.html': 5,
            'logit_adjustment.html': 1}
 
@@ -48,6 +53,16 @@ def site(proc_dir, tmp_path_factory):
 def test_readme_is_generated_from_index(proc_dir):
     assert (ROOT / 'README.md').read_text() == render_docs.readme_markdown(proc_dir), \
         'README.md is stale: run `make readme` after editing nbs/index.ipynb'
+
+
+def test_readme_links_work_on_the_repository():
+    "Every link in README.md is a web address or a path that exists in the checkout (GitHub resolves them relative to it)."
+    links = re.findall(r'\]\(([^)\s]+)\)', (ROOT / 'README.md').read_text())
+    assert len(links) >= 12, links
+    for link in links:
+        if re.match(r'https?://', link): continue
+        assert not link.startswith('/'), f'README.md: {link!r} is site-absolute, which GitHub resolves to a missing page'
+        assert (ROOT / link.split('#')[0]).exists(), f'README.md: {link!r} names no file in the repository'
 
 
 def test_one_page_per_notebook_in_the_sidebar(site):
@@ -72,14 +87,14 @@ def visible_text(dom):
 
 
 @needs_chromium
-@pytest.mark.parametrize('page', ['index.html', 'data.html', 'lipschitz.html', 'frobenius.html', 'power_iteration.html',
-                                  'gradient_inequality.html', 'adversarial_training.html', 'sharpness.html', 'wgan.html',
-                                  'logit_adjustment.html'])
+@pytest.mark.parametrize('page', ['index.html', 'core.html', 'data.html', 'lipschitz.html', 'frobenius.html',
+                                  'power_iteration.html', 'certificates.html', 'gradient_inequality.html',
+                                  'adversarial_training.html', 'sharpness.html', 'wgan.html', 'logit_adjustment.html'])
 def test_page_in_chromium(site, page):
     dom = chromium('--dump-dom', (site / page).as_uri()).stdout
     assert '<main>' in dom and 'class="sidebar"' in dom, f'{page}: Chromium did not load the page'
     maths = re.findall(r'<math\b', dom)
-    assert len(maths) >= {'index.html': 3, 'data.html': 5}.get(page, 20), f'{page}: too few MathML elements ({len(maths)})'
+    assert len(maths) >= {'index.html': 3, 'core.html': 0, 'data.html': 5}.get(page, 20), f'{page}: too few MathML elements ({len(maths)})'
     text = visible_text(dom)
     assert '$' not in text, f'{page}: raw TeX delimiters left in the text: ...{text[text.find("$") - 60:text.find("$") + 60]}...'
     leftover = re.findall(r'\\(?:sigma|frac|sqrt|Vert|le|operatorname|begin)\b', text)
