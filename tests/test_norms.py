@@ -1,6 +1,7 @@
-"""lipnotes.norms against independent references: every activation constant against torch's own module on a float64 grid
-(finite differences) over randomised settings; the Frobenius bound against dense Jacobians (torch.func.jacrev) for
-every convolution geometry it accepts and for modules it must not walk; declared constants validated."""
+"""lipnotes.norms against independent references: the Frobenius bound against dense Jacobians (torch.func.jacrev) for
+every convolution geometry it accepts, for random chains over every activation the layer rule table accepts (the
+constants themselves are tested in tests/test_lipschitz.py), and for modules it must not walk; declared constants
+validated."""
 import math
 import random
 
@@ -9,7 +10,8 @@ import torch
 from torch import nn
 from torch.func import jacrev
 
-from lipnotes.norms import _activation_constant, _activation_rule, conv_overlap_factor, frobenius_lipschitz_bound
+from lipnotes.norms import conv_overlap_factor, frobenius_lipschitz_bound
+from test_lipschitz import CASES, rule_constant
 
 F64 = torch.float64
 
@@ -68,7 +70,8 @@ def test_sequential_with_own_forward_or_hooks_is_refused():
 
 
 def test_subclass_replacing_forward_is_not_its_base():
-    "A Linear or ReLU subclass that returns 100 times torch's output is refused; one that keeps torch's forward is accepted."
+    """A Linear or ReLU subclass that returns 100 times torch's output is refused; one that keeps torch's forward is accepted
+    (the ReLU rule's own refusal: tests/test_lipschitz.py)."""
     class Big(nn.Linear):
         def forward(self, x): return 100 * super().forward(x)
 
@@ -83,7 +86,7 @@ def test_subclass_replacing_forward_is_not_its_base():
     for net in (nn.Sequential(big), nn.Sequential(nn.Linear(3, 3), Loud())):
         with pytest.raises(ValueError, match="of model: its class overrides torch's forward"):
             frobenius_lipschitz_bound(net)
-    assert _activation_constant(Loud()) is None and _activation_constant(Quiet()) == 1.0
+    assert frobenius_lipschitz_bound(nn.Sequential(nn.Linear(3, 3), Quiet())) > 0
 
 
 def test_parametrized_layers_are_bounded_by_their_current_weight():
@@ -126,76 +129,9 @@ def test_declared_constant_accepted(c):
     assert frobenius_lipschitz_bound(net).item() == pytest.approx(expected, rel=1e-6)
 
 
-# --- item 4: activation constants against torch's own modules -----------------------------------------------------------
-def fd_slope(act, lo, hi, n=400_001):
-    "Largest |finite-difference slope| of torch's module on a float64 grid (a mean of |g'|, so never above sup |g'|)."
-    x = torch.linspace(lo, hi, n, dtype=F64)
-    xs = x[:, None].repeat(1, act.weight.numel() if isinstance(act, nn.PReLU) else 1)
-    with torch.no_grad(): y = act.double()(xs)
-    return ((y[1:] - y[:-1]) / (xs[1:] - xs[:-1])).abs().max().item()
-
-
-VALUES = [-1e3, -7.5, -3.0, -1.0, -0.5, -1e-3, 0.0, 1e-3, 0.3, 1.0, 2.5, 1e3]
-
-
-def random_values(rng, k=6):
-    return VALUES + [rng.uniform(-10, 10) for _ in range(k)]
-
-
-def activation_cases():
-    "(module, grid half-width) over negative, zero, huge and random settings of every parameterised activation."
-    rng = random.Random(0)
-    cases = [(m, 30.0) for m in (nn.ReLU(), nn.ReLU6(), nn.Tanh(), nn.Sigmoid(), nn.Softsign(), nn.Tanhshrink(),
-                                 nn.LogSigmoid(), nn.Hardsigmoid(), nn.Hardswish(), nn.SELU(), nn.GELU(),
-                                 nn.GELU(approximate='tanh'), nn.SiLU(), nn.Mish(), nn.Identity())]
-    for v in random_values(rng):
-        cases += [(nn.LeakyReLU(v), 30.0), (nn.ELU(v), 30.0), (nn.Hardshrink(v), 30.0 + abs(v)),
-                  (nn.Threshold(v, v), 30.0 + abs(v)), (nn.Threshold(v, v + 1.0), 30.0 + abs(v)),
-                  (nn.Softshrink(abs(v)), 30.0 + abs(v)), (nn.Softshrink(-abs(v) - 0.1), 30.0)]
-        if v != 0: cases += [(nn.CELU(v), 30.0)]
-        for beta in (v, -v):
-            for t in (20.0, 0.0, -5.0, 40.0, 1.0):
-                if beta != 0: cases += [(nn.Softplus(beta, t), (abs(t) + 30.0) / abs(beta))]
-    for _ in range(12):
-        a, b = sorted(rng.choice(VALUES + [rng.uniform(-10, 10)]) for _ in range(2))
-        if b - a > 0.01: cases += [(nn.Hardtanh(a, b), 30.0 + max(abs(a), abs(b)))]
-        cases += [(nn.RReLU(a, b).eval(), 30.0), (nn.RReLU(b, a).eval() if a < b else nn.RReLU(a, b), 30.0)]
-        prelu = nn.PReLU(3)
-        with torch.no_grad(): prelu.weight.copy_(torch.tensor([rng.choice(VALUES), rng.uniform(-5, 5), a]))
-        cases += [(prelu, 30.0)]
-    return cases
-
-
-CASES = activation_cases()
-
-
-@pytest.mark.parametrize("act, half_width", CASES, ids=[repr(a) for a, _ in CASES])
-def test_activation_constant_is_sound_and_tight(act, half_width):
-    "Where a constant is returned it is >= every slope torch's module attains and within 1e-3 of the largest one."
-    c, why = _activation_rule(act)
-    try:
-        fd = fd_slope(act, -half_width, half_width)
-    except RuntimeError:                                  # torch itself refuses these settings (e.g. RReLU lower > upper)
-        assert c is None and why, f"{act}: torch refuses it, the rule gave {c}"
-        return
-    if c is None:
-        assert why                                        # refused with a reason: no finite constant, or a jump
-        return
-    assert fd <= c * (1 + 1e-9), f"{act}: constant {c} below an attained slope {fd}"
-    assert fd >= c * (1 - 1e-3), f"{act}: constant {c} not tight, largest slope {fd}"
-
-
-@pytest.mark.parametrize("act", [nn.CELU(-1.0), nn.CELU(-0.3), nn.Hardshrink(0.5), nn.Threshold(0.0, 1.0),
-                                 nn.Softplus(threshold=0.0), nn.Softplus(threshold=-3.0)])
-def test_refused_activations_have_no_constant(act):
-    "The refused settings really have no constant: a slope beyond any bound (unbounded or a jump) on a fine grid."
-    assert _activation_constant(act) is None
-    assert fd_slope(act, -40.0, 40.0, n=2_000_001) > 1e3
-
-
+# --- item 4: activation constants (moved to tests/test_lipschitz.py); here the bound that uses them ---------------------
 def test_elu_negative_alpha_regression():
     "ELU(alpha=-3) has constant 3 (slope -3 e^x as x -> 0-); the old code said 1."
-    assert _activation_constant(nn.ELU(alpha=-3.0)) == 3.0
     net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ELU(alpha=-3.0)).double()
     with torch.no_grad(): net[0].weight.fill_(1.0)
     x = torch.tensor([-1e-6], dtype=F64)
@@ -203,50 +139,11 @@ def test_elu_negative_alpha_regression():
     assert jacrev(net)(x).abs().item() > 2.99
 
 
-def test_rrelu_train_mode_bound_covers_every_sampled_slope():
-    torch.manual_seed(0)
-    for lower, upper in [(0.1, 0.3), (-3.0, -1.0), (-2.0, 5.0)]:
-        act = nn.RReLU(lower, upper).train()
-        x = -torch.rand(200_000, dtype=F64) - 0.1
-        slopes = (act(x) / x).abs()
-        c = _activation_constant(act)
-        assert slopes.max().item() <= c and (c == 1.0 or slopes.max().item() >= c * (1 - 1e-3))
-
-
 def test_softplus_refused_where_the_dtype_resolves_its_jump():
-    "torch's Softplus jumps by log(1+e^-t)/beta at x = t/beta: refused in float64 for t = 20, accepted for t = 40."
-    x = torch.tensor([20 - 1e-12, 20 + 1e-12], dtype=F64)
-    y = nn.Softplus()(x)
-    assert abs(y[1] - y[0]).item() > 1e3 * (x[1] - x[0]).item()          # the jump, visible in float64
-    assert _activation_constant(nn.Softplus(), F64) is None and _activation_constant(nn.Softplus()) == 1.0
-    assert _activation_constant(nn.Softplus(threshold=40.0), F64) == 1.0
+    "torch's Softplus jumps by log(1+e^-t)/beta at x = t/beta: the bound refuses it in float64 for t = 20, accepts t = 40."
     with pytest.raises(ValueError, match=r"^frobenius_lipschitz_bound: cannot bound module '1' \(Softplus\) of model"):
         frobenius_lipschitz_bound(nn.Sequential(nn.Linear(2, 2), nn.Softplus()).double())
     assert frobenius_lipschitz_bound(nn.Sequential(nn.Linear(2, 2), nn.Softplus(threshold=40.0)).double()) > 0
-
-
-@pytest.mark.parametrize("act", [nn.Softmax(dim=-1), nn.Softmin(dim=-1), nn.Softmax2d()])
-def test_softmax_constant_one_half(act):
-    "||diag(p) - pp^T||_2 <= 1/2 at random logits (dense Jacobians), = 1/2 at two equal logits."
-    c = _activation_constant(act)
-    assert c == 0.5
-    g = torch.Generator().manual_seed(1)
-    shape = (3, 2, 2) if isinstance(act, nn.Softmax2d) else (5,)
-    norms = [dense_norm(lambda z: act(z + 4 * torch.randn(shape, generator=g, dtype=F64)), shape) for _ in range(200)]
-    assert max(norms) <= c * (1 + 1e-12)
-    if not isinstance(act, nn.Softmax2d):
-        assert dense_norm(act, (2,)) == pytest.approx(0.5, abs=1e-15)
-
-
-def test_log_softmax_is_not_accepted():
-    assert _activation_constant(nn.LogSoftmax(dim=-1)) is None
-    z = torch.zeros(8, dtype=F64); z[0] = 40.0
-    assert torch.linalg.matrix_norm(jacrev(lambda t: torch.log_softmax(t, -1))(z), 2).item() > 2
-
-
-def test_activation_constant_keeps_its_one_argument_signature():
-    "lipnotes.lipschitz calls _activation_constant(module): unknown modules give None."
-    assert _activation_constant(nn.ReLU()) == 1.0 and _activation_constant(nn.BatchNorm1d(3)) is None
 
 
 # --- the Frobenius bound over every convolution it accepts ----------------------------------------------------------------
@@ -308,7 +205,7 @@ def test_circular_padding_breaks_the_overlap_factor():
 def test_frobenius_bound_dominates_random_chains():
     "Random Sequential nets of Linear layers and every parameterised activation: bound >= ||J|| at sampled points."
     rng = random.Random(3)
-    acts = [a for a, _ in CASES if _activation_rule(a, F64)[0] is not None and not isinstance(a, nn.PReLU)]
+    acts = [a for a, _ in CASES if rule_constant(a, F64)[0] is not None and not isinstance(a, nn.PReLU)]
     for trial in range(40):
         torch.manual_seed(trial)
         layers, w = [], rng.randint(1, 5)
@@ -395,7 +292,7 @@ def test_attack_values_are_the_reported_ones():
 
 def test_uses_torch_call_path_accepts_torch_layers_and_parametrizations():
     "Plain torch layers, plain subclasses and parametrised layers (weight_norm, spectral_norm, spectral_normalize) keep the path."
-    from lipnotes.norms import _is_plain_sequential, _overrides_forward, _uses_torch_call_path
+    from lipnotes.core import is_plain_sequential, overrides_forward, uses_torch_call_path
     from lipnotes.spectral import spectral_normalize
     from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
@@ -405,12 +302,12 @@ def test_uses_torch_call_path_accepts_torch_layers_and_parametrizations():
     layers = [nn.Linear(3, 3), nn.Conv2d(1, 1, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 3)), Quiet(3, 3),
               weight_norm(nn.Linear(3, 3)), spectral_norm(nn.Linear(3, 3)), spectral_normalize(nn.Linear(3, 3))]
     for m in layers:
-        assert _uses_torch_call_path(m) and not _overrides_forward(m), type(m).__name__
-    assert type(layers[5]).__name__ == 'ParametrizedLinear' and _is_plain_sequential(layers[3])
+        assert uses_torch_call_path(m) and not overrides_forward(m), type(m).__name__
+    assert type(layers[5]).__name__ == 'ParametrizedLinear' and is_plain_sequential(layers[3])
     for wrap in (weight_norm, spectral_norm, spectral_normalize):
         net = nn.Sequential(wrap(nn.Linear(3, 3).double()), nn.Tanh(), nn.Linear(3, 2).double()).eval()
         true = max(torch.linalg.matrix_norm(jacrev(net)(x), 2).item() for x in torch.randn(32, 3, dtype=F64))
         assert true <= frobenius_lipschitz_bound(net).item() * (1 + 1e-12)
     lin = nn.Linear(3, 3)
     lin.forward = lin.forward                                     # even a same-looking forward on the instance is refused
-    assert not _uses_torch_call_path(lin) and _overrides_forward(lin)
+    assert not uses_torch_call_path(lin) and overrides_forward(lin)
