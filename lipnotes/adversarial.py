@@ -12,7 +12,8 @@ import numbers
 import re
 import torch
 from torch import nn
-from .spectral import _check_float_tensor, _check_positive_int, _check_positive_float
+from .core import (public, naming, fail, check_bool, check_callable, check_module, check_positive_float,
+                           check_positive_int, check_tensor)
 
 # %% ../nbs/08_adversarial_training.ipynb #f0c0184e
 def _all_finite(t):
@@ -23,19 +24,16 @@ def _is_real(v):
     "A real Python or NumPy number, not a bool."
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
-def _check_not_meta(t, fname, argname):
-    if t.is_meta: raise ValueError(f"{fname}: {argname} is a meta tensor (shape only, no values); pass a tensor with data")
-
-def _check_input(x, fname, argname='x'):
+def _check_input(x, argname='x'):
     "A floating tensor with data, a non-empty batch dimension (a 1-D x is a batch of scalars) and finite values."
-    _check_float_tensor(x, fname, argname); _check_not_meta(x, fname, argname)
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"{fname}: {argname} must be a non-empty batch (batch, ...), got shape {tuple(x.shape)}")
-    if not _all_finite(x): raise ValueError(f"{fname}: {argname} contains NaN or Inf")
+    check_tensor(x, argname, floating=True, values=True)
+    if x.dim() < 1 or x.shape[0] == 0: raise fail(f"{argname} must be a non-empty batch (batch, ...), got shape {tuple(x.shape)}")
+    if not _all_finite(x): raise fail(f"{argname} contains NaN or Inf")
 
-def _check_norm(norm, fname, argname='norm', allowed=(2, math.inf)):
+def _check_norm(norm, argname='norm', allowed=(2, math.inf)):
+    "One of `allowed` (2.0 counts as 2; a bool does not)."
     if isinstance(norm, bool) or norm not in allowed:
-        raise ValueError(f"{fname}: {argname} must be one of {', '.join(map(str, allowed))}, got {norm!r}")
+        raise fail(f"{argname} must be one of {', '.join(map(str, allowed))}, got {norm!r}")
 
 def _rows(t):
     "t as (batch, features), one row per example; a 1-D t is a batch of scalars, one feature each."
@@ -45,68 +43,70 @@ def _per_example_shape(t, like):
     "t of shape (batch,) reshaped to broadcast against `like` (batch, ...)."
     return t.reshape(-1, *([1] * (like.dim() - 1)))
 
-def _check_eps(eps, x, fname, argname='eps'):
+# %% ../nbs/08_adversarial_training.ipynb #a79e52c7
+def _check_eps(eps, x, argname='eps'):
     """eps: a real number >= 0 (returned as a float), or a real tensor, one value >= 0 per example (shaped to broadcast).
     With x None, only what does not depend on x is checked (before any work, where x is not known yet)."""
     big = math.inf if x is None else torch.finfo(x.dtype).max
     if _is_real(eps):
         if not (math.isfinite(float(eps)) and 0 <= float(eps) <= big):
-            raise ValueError(f"{fname}: {argname} must be finite and >= 0" + ("" if x is None else
-                             f" (and at most {big:.4g} in {x.dtype})") + f", got {eps}")
+            raise fail(f"{argname} must be finite and >= 0" + ("" if x is None else
+                       f" (and at most {big:.4g} in {x.dtype})") + f", got {eps}")
         return float(eps)
     if not isinstance(eps, torch.Tensor):
-        raise TypeError(f"{fname}: {argname} must be a number or a tensor, got {type(eps).__name__}")
+        raise fail(f"{argname} must be a number or a tensor, got {type(eps).__name__}", TypeError)
     if eps.dtype == torch.bool or eps.is_complex():
-        raise TypeError(f"{fname}: {argname} must be a real number or a real (int or float) tensor, got dtype {eps.dtype}")
-    _check_not_meta(eps, fname, argname)
+        raise fail(f"{argname} must be a real number or a real (int or float) tensor, got dtype {eps.dtype}", TypeError)
+    check_tensor(eps, argname, values=True)
     if x is None: return None
     if eps.dim() > 1 or (eps.dim() == 1 and eps.shape[0] != x.shape[0]):
-        raise ValueError(f"{fname}: {argname} must be a number or a tensor of shape ({x.shape[0]},), got shape {tuple(eps.shape)}")
+        raise fail(f"{argname} must be a number or a tensor of shape ({x.shape[0]},), got shape {tuple(eps.shape)}")
     e = eps.detach().to(device=x.device, dtype=x.dtype)
     if not (torch.isfinite(e).all() and (e >= 0).all()):
-        raise ValueError(f"{fname}: {argname} must be finite and >= 0 (in {x.dtype}), got {eps}")
+        raise fail(f"{argname} must be finite and >= 0 (in {x.dtype}), got {eps}")
     return _per_example_shape(e, x) if e.dim() == 1 else e
 
 # %% ../nbs/08_adversarial_training.ipynb #a7d1c3e2
 _HALF = (torch.float16, torch.bfloat16)
 _DTYPE_ERROR = re.compile(r"dtype|scalar type|type \(\w+\) and|should be the same")
 
-def _check_module_dtype(f, x, fname, argname, xname='x'):
+def _check_module_dtype(f, x, argname, xname='x'):
     "If f is an nn.Module, its floating parameters must have x's dtype: checked before any work."
     p = next((p for p in f.parameters() if p.is_floating_point() and p.dtype != x.dtype), None) if isinstance(f, nn.Module) else None
     if p is not None:
-        raise TypeError(f"{fname}: {argname} has {p.dtype} parameters but {xname} is {x.dtype}; convert one to the other's dtype")
+        raise fail(f"{argname} has {p.dtype} parameters but {xname} is {x.dtype}; convert one to the other's dtype", TypeError)
 
-def _call(f, args, fname, argname, on):
+def _call(f, args, argname, on):
     "f(*args); torch's dtype-mismatch error is re-raised naming the function and the argument."
     try: return f(*args)
     except RuntimeError as err:
         if not _DTYPE_ERROR.search(str(err)): raise
-        raise TypeError(f"{fname}: {argname} failed {on} with a dtype mismatch; does the model's dtype match? ({err})") from err
+        raise fail(f"{argname} failed {on} with a dtype mismatch; does the model's dtype match? ({err})", TypeError) from err
 
-def _checked_loss(loss, batch, fname, allow_scalar=True, what='loss_fn', finite=True):
+def _checked_loss(loss, batch, allow_scalar=True, what='loss_fn', finite=True):
     "A loss must be a scalar or one value per example (shape (batch,)), and finite (if `finite`)."
     ok = (isinstance(loss, torch.Tensor) and loss.is_floating_point()
           and (loss.shape == (batch,) or (allow_scalar and loss.dim() == 0)))
     if not ok:
         got = f"shape {tuple(loss.shape)}, dtype {loss.dtype}" if isinstance(loss, torch.Tensor) else type(loss).__name__
         want = "a scalar or one value per example" if allow_scalar else "one value per example"
-        raise ValueError(f"{fname}: {what} must return {want} (shape ({batch},)), got {got}")
-    if finite and not _all_finite(loss): raise ValueError(f"{fname}: {what} returned NaN or Inf")
+        raise fail(f"{what} must return {want} (shape ({batch},)), got {got}")
+    if finite and not _all_finite(loss): raise fail(f"{what} returned NaN or Inf")
     return loss
 
-def _input_grad(loss_fn, x, fname):
+# %% ../nbs/08_adversarial_training.ipynb #d8252178
+def _input_grad(loss_fn, x):
     "grad_x of loss_fn at x, detached (0 for a loss with no graph to x); parameters' .grad are not touched."
-    if not callable(loss_fn): raise TypeError(f"{fname}: loss_fn must be callable, got {type(loss_fn).__name__}")
-    _check_module_dtype(loss_fn, x, fname, 'loss_fn')
+    check_callable(loss_fn, 'loss_fn'); _check_module_dtype(loss_fn, x, 'loss_fn')
     xr = x.detach().requires_grad_()
     with torch.enable_grad():
-        loss = _checked_loss(_call(loss_fn, (xr,), fname, 'loss_fn', f'on x of dtype {x.dtype}'), x.shape[0], fname, finite=False)
+        loss = _checked_loss(_call(loss_fn, (xr,), 'loss_fn', f'on x of dtype {x.dtype}'), x.shape[0], finite=False)
         if not loss.requires_grad: return torch.zeros_like(xr)       # a loss constant in x: gradient 0
         g, = torch.autograd.grad(loss.sum(), xr, allow_unused=True)   # a NaN loss shows up in g, checked by _unit_step
     return torch.zeros_like(xr) if g is None else g
 
-def _unit_step(g, norm, fname):
+# %% ../nbs/08_adversarial_training.ipynb #c1992a93
+def _unit_step(g, norm):
     "The steepest-ascent step of unit size: g/||g|| per example (0 where g = 0), or sign(g) for the max-norm."
     g32 = g.float() if g.dtype in _HALF else g           # half precision: sum of squares under- and overflows
     if norm == 2:                                        # fast path, one norm and one sync: every ||g|| finite and far from
@@ -116,7 +116,7 @@ def _unit_step(g, norm, fname):
             return (g32 / _per_example_shape(n, g32)).to(g.dtype)
     scale = _rows(g32).abs().amax(1)                     # dividing by max|g| first: no underflow in ||g|| (1e-30 in float32)
     if not _all_finite(scale):
-        raise ValueError(f"{fname}: the gradient of loss_fn is NaN or Inf (a NaN loss, or a non-differentiable point?)")
+        raise fail("the gradient of loss_fn is NaN or Inf (a NaN loss, or a non-differentiable point?)")
     if norm == math.inf: return g.sign()
     tiny = torch.finfo(g32.dtype).tiny
     gs = g32 / _per_example_shape(scale.clamp_min(tiny), g32)                 # entries in [-1, 1], max 1 (or all 0)
@@ -124,70 +124,36 @@ def _unit_step(g, norm, fname):
     return (gs / _per_example_shape(n, gs)).to(g.dtype)
 
 # %% ../nbs/08_adversarial_training.ipynb #64f765cf
-def fgm(loss_fn, x: torch.Tensor, eps, norm=2) -> torch.Tensor:
+@public
+def fgm(loss_fn,          # maps a batch to one loss per example (batch,) or to a scalar
+        x: torch.Tensor,  # the batch (batch, ...), floating and finite; a 1-D x is a batch of scalars
+        eps,              # the radius: a number >= 0, or a tensor with one radius per example
+        norm=2,           # 2 (FGM, eps g/||g||) or math.inf (FGSM, eps sign g)
+       ) -> torch.Tensor:
     "x + delta, delta = eps g/||g|| (norm=2, FGM) or eps sign(g) (norm=inf, FGSM) per example, g = grad_x loss_fn(x)."
-    fn = 'fgm'
-    _check_input(x, fn); e = _check_eps(eps, x, fn); _check_norm(norm, fn)
-    return x + e * _unit_step(_input_grad(loss_fn, x, fn), norm, fn)     # the gradient is detached already
+    _check_input(x); e = _check_eps(eps, x); _check_norm(norm)
+    return x + e * _unit_step(_input_grad(loss_fn, x), norm)     # the gradient is detached already
 
 # %% ../nbs/08_adversarial_training.ipynb #b6f76817
-def input_gradient_penalty(loss_fn, x: torch.Tensor, p=2, squared: bool = False) -> torch.Tensor:
+@public
+def input_gradient_penalty(loss_fn,               # maps a batch to one loss per example, shape (batch,)
+                           x: torch.Tensor,       # the batch (batch, ...), floating and finite
+                           p=2,                   # the norm of the gradient: 1, 2 or math.inf
+                           squared: bool = False, # return ||g||_p^2 rather than ||g||_p
+                          ) -> torch.Tensor:
     "||grad_x loss_fn(x)_i||_p per example (squared if asked); differentiable in the parameters (double backprop)."
-    fn = 'input_gradient_penalty'
-    _check_input(x, fn); _check_norm(p, fn, 'p', (1, 2, math.inf))
-    if not isinstance(squared, bool): raise TypeError(f"{fn}: squared must be a bool, got {type(squared).__name__}")
-    if not callable(loss_fn): raise TypeError(f"{fn}: loss_fn must be callable, got {type(loss_fn).__name__}")
-    _check_module_dtype(loss_fn, x, fn, 'loss_fn')
+    _check_input(x); _check_norm(p, 'p', (1, 2, math.inf)); check_bool(squared, 'squared')
+    check_callable(loss_fn, 'loss_fn'); _check_module_dtype(loss_fn, x, 'loss_fn')
     xr = x if x.requires_grad else x.detach().requires_grad_()
     with torch.enable_grad():
-        loss = _checked_loss(_call(loss_fn, (xr,), fn, 'loss_fn', f'on x of dtype {x.dtype}'), x.shape[0], fn, allow_scalar=False)
+        loss = _checked_loss(_call(loss_fn, (xr,), 'loss_fn', f'on x of dtype {x.dtype}'), x.shape[0], allow_scalar=False)
         g = (torch.autograd.grad(loss.sum(), xr, create_graph=True, allow_unused=True)[0]
              if loss.requires_grad else None)                  # None: a loss constant in x, gradient 0
     if g is None: g = torch.zeros_like(xr)
     n = torch.linalg.vector_norm(_rows(g), ord=p, dim=1)
     return n ** 2 if squared else n
 
-# %% ../nbs/08_adversarial_training.ipynb #f56e458f
-def pgd(loss_fn, x: torch.Tensor, eps, steps: int = 10, step_size=None, norm=2, random_start: bool = True,
-        clamp=None) -> torch.Tensor:
-    "Projected gradient ascent on loss_fn over the points within eps of each example (norm 2 or inf) and in the box `clamp`."
-    fn = 'pgd'
-    _check_input(x, fn); e = _check_eps(eps, x, fn); _check_norm(norm, fn); _check_positive_int(steps, fn, 'steps')
-    if step_size is not None: _check_positive_float(step_size, fn, 'step_size')
-    if not isinstance(random_start, bool):
-        raise TypeError(f"{fn}: random_start must be a bool, got {type(random_start).__name__}")
-    if clamp is not None and not (isinstance(clamp, (tuple, list)) and len(clamp) == 2
-                                  and all(map(_is_real, clamp)) and clamp[0] < clamp[1]):
-        raise ValueError(f"{fn}: clamp must be None or a pair (low, high) with low < high, got {clamp!r}")
-    if not callable(loss_fn): raise TypeError(f"{fn}: loss_fn must be callable, got {type(loss_fn).__name__}")
-    x0 = x.detach()
-    if clamp is not None: _check_box_reachable(x0, e, norm, clamp, fn)
-    step = e * (2.5 / steps) if step_size is None else step_size
-    project = lambda z: _project(z, x0, e, norm, clamp)
-    if random_start and norm == math.inf: z = x0 + (2 * torch.rand_like(x0) - 1) * e
-    elif random_start:                       # uniform in the ball: a uniform direction, radius eps U^(1/dim)
-        radius = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device) ** (1 / x0[0].numel())
-        z = x0 + _unit_step(torch.randn_like(x0), 2, fn) * _per_example_shape(radius, x0) * e
-    else: z = x0
-    z = project(z)
-    for _ in range(steps):
-        z = project(z + step * _unit_step(_input_grad(loss_fn, z, fn), norm, fn))
-    return z + (x - x0) if x.requires_grad else z             # x - x0 is exactly 0: the point is z, the gradient flows to x
-
 # %% ../nbs/08_adversarial_training.ipynb #b83e5f10
-def _box_distance(x0, norm, clamp):
-    "Per example, the distance (in `norm`) from x0 to the box [low, high]."
-    return torch.linalg.vector_norm(_rows(x0 - x0.clamp(*clamp)), ord=norm, dim=1)
-
-def _check_box_reachable(x0, e, norm, clamp, fname):
-    "The eps-ball around each example must meet the box: otherwise no point satisfies both."
-    far = _box_distance(x0, norm, clamp) > (e if isinstance(e, float) else e.reshape(-1))
-    if far.any():
-        i = int(far.nonzero()[0])
-        raise ValueError(f"{fname}: x lies farther than eps from the box clamp={tuple(clamp)} for {int(far.sum())} of "
-                         f"{len(far)} examples (example {i} at distance {_box_distance(x0, norm, clamp)[i].item():.4g}): "
-                         f"no point is within eps of x and inside the box")
-
 def _project(z, x0, e, norm, clamp):
     "The Euclidean projection of z onto {p : ||p - x0|| <= eps per example, low <= p <= high}."
     if norm == math.inf:                        # the intersection is a box: clamp to it, coordinate by coordinate
@@ -213,13 +179,61 @@ def _ball_box_projection(z, x0, e, clamp):
         lo, hi = torch.where(good, lo, mid), torch.where(good, mid, hi)
     return p(torch.where(ok(lo), lo, hi))                    # lo = 0 when clamp(z) itself is within eps
 
+# %% ../nbs/08_adversarial_training.ipynb #4a1d5721
+def _check_clamp(clamp):
+    if clamp is not None and not (isinstance(clamp, (tuple, list)) and len(clamp) == 2
+                                  and all(map(_is_real, clamp)) and clamp[0] < clamp[1]):
+        raise fail(f"clamp must be None or a pair (low, high) with low < high, got {clamp!r}")
+
+def _box_distance(x0, norm, clamp):
+    "Per example, the distance (in `norm`) from x0 to the box [low, high]."
+    return torch.linalg.vector_norm(_rows(x0 - x0.clamp(*clamp)), ord=norm, dim=1)
+
+def _check_box_reachable(x0, e, norm, clamp):
+    "The eps-ball around each example must meet the box: otherwise no point satisfies both."
+    far = _box_distance(x0, norm, clamp) > (e if isinstance(e, float) else e.reshape(-1))
+    if far.any():
+        i = int(far.nonzero()[0])
+        raise fail(f"x lies farther than eps from the box clamp={tuple(clamp)} for {int(far.sum())} of "
+                   f"{len(far)} examples (example {i} at distance {_box_distance(x0, norm, clamp)[i].item():.4g}): "
+                   f"no point is within eps of x and inside the box")
+
+def _random_start(x0, e, norm):
+    "A uniform point in the eps-ball around each example (a box for the max-norm)."
+    if norm == math.inf: return x0 + (2 * torch.rand_like(x0) - 1) * e
+    radius = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device) ** (1 / x0[0].numel())   # eps U^(1/dim)
+    return x0 + _unit_step(torch.randn_like(x0), 2) * _per_example_shape(radius, x0) * e
+
+# %% ../nbs/08_adversarial_training.ipynb #f56e458f
+@public
+def pgd(loss_fn,                    # maps a batch to one loss per example (batch,) or to a scalar
+        x: torch.Tensor,            # the batch (batch, ...), floating and finite
+        eps,                        # the radius: a number >= 0, or a tensor with one radius per example
+        steps: int = 10,            # the number of ascent steps, >= 1
+        step_size=None,             # the length of each step, > 0 (None: 2.5 eps / steps)
+        norm=2,                     # 2 (steps along g/||g||, Euclidean ball) or math.inf (steps along sign g, box)
+        random_start: bool = True,  # start from a uniform point of the ball rather than from x
+        clamp=None,                 # None, or a box (low, high) that every iterate stays in
+       ) -> torch.Tensor:
+    "Projected gradient ascent on loss_fn over the points within eps of each example (norm 2 or inf) and in the box `clamp`."
+    _check_input(x); e = _check_eps(eps, x); _check_norm(norm); check_positive_int(steps, 'steps')
+    if step_size is not None: check_positive_float(step_size, 'step_size')
+    check_bool(random_start, 'random_start'); _check_clamp(clamp); check_callable(loss_fn, 'loss_fn')
+    x0 = x.detach()
+    if clamp is not None: _check_box_reachable(x0, e, norm, clamp)
+    step = e * (2.5 / steps) if step_size is None else step_size
+    z = _project(_random_start(x0, e, norm) if random_start else x0, x0, e, norm, clamp)
+    for _ in range(steps):
+        z = _project(z + step * _unit_step(_input_grad(loss_fn, z), norm), x0, e, norm, clamp)
+    return z + (x - x0) if x.requires_grad else z             # x - x0 is exactly 0: the point is z, the gradient flows to x
+
 # %% ../nbs/08_adversarial_training.ipynb #c4a9e7d2
-def _output_tensor(out, fname):
+def _output_tensor(out):
     "A module's output: the tensor itself, or the first element of a tuple (an nn.LSTM returns (output, (h, c)))."
     t = out[0] if isinstance(out, (tuple, list)) and len(out) > 0 else out
     if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{fname}: module's output must be a tensor or a tuple whose first element is a tensor, "
-                         f"got {type(out).__name__}" + (f" of {type(t).__name__}" if t is not out else ""))
+        raise fail(f"module's output must be a tensor or a tuple whose first element is a tensor, "
+                   f"got {type(out).__name__}" + (f" of {type(t).__name__}" if t is not out else ""))
     return t
 
 def _with_output_tensor(out, t):
@@ -228,91 +242,115 @@ def _with_output_tensor(out, t):
     return type(out)(t, *out[1:]) if hasattr(out, '_fields') else type(out)((t, *out[1:]))
 
 # %% ../nbs/08_adversarial_training.ipynb #05cbd9a6
-@contextlib.contextmanager
-def perturb_output(module: nn.Module, delta: torch.Tensor):
+@public
+def perturb_output(module: nn.Module,     # the module (an embedding, say) whose output is perturbed
+                   delta: torch.Tensor,   # what is added to its output, of the output's shape; finite
+                  ):
     "Context manager: inside it, every forward of `module` returns its output + delta (for a tuple, its first element)."
-    fn = 'perturb_output'
-    if not isinstance(module, nn.Module): raise TypeError(f"{fn}: module must be a torch.nn.Module, got {type(module).__name__}")
-    _check_float_tensor(delta, fn, 'delta'); _check_not_meta(delta, fn, 'delta')
-    if not _all_finite(delta): raise ValueError(f"{fn}: delta contains NaN or Inf")
+    check_module(module, 'module')
+    check_tensor(delta, 'delta', floating=True, values=True)
+    if not _all_finite(delta): raise fail("delta contains NaN or Inf")
+    return _output_added(module, delta)
 
+@contextlib.contextmanager
+def _output_added(module, delta):
     def add(m, inputs, out):
-        t = _output_tensor(out, fn)
-        if t.shape != delta.shape:
-            raise ValueError(f"{fn}: delta has shape {tuple(delta.shape)} but {type(m).__name__}'s output has shape {tuple(t.shape)}")
+        with naming('perturb_output'):
+            t = _output_tensor(out)
+            if t.shape != delta.shape:
+                raise fail(f"delta has shape {tuple(delta.shape)} but {type(m).__name__}'s output has shape {tuple(t.shape)}")
         return _with_output_tensor(out, t + delta.to(t))
     handle = module.register_forward_hook(add)
     try: yield
     finally: handle.remove()
 
-def embedding_fgm(loss_fn, module: nn.Module, eps, norm=2) -> torch.Tensor:
-    "FGM delta for `module`'s output (an embedding): eps g/||g|| per example, g = d loss / d output; loss_fn() runs the model."
-    fn = 'embedding_fgm'
-    if not callable(loss_fn): raise TypeError(f"{fn}: loss_fn must be callable with no arguments, got {type(loss_fn).__name__}")
-    if not isinstance(module, nn.Module): raise TypeError(f"{fn}: module must be a torch.nn.Module, got {type(module).__name__}")
-    _check_norm(norm, fn); _check_eps(eps, None, fn)            # what can be checked before the forward
+# %% ../nbs/08_adversarial_training.ipynb #b98a5472
+def _run_capturing(loss_fn, module):
+    "loss_fn(), with module's output made a leaf (its gradient only: no parameter .grad touched); returns (loss, output)."
     outputs = []
-
     def capture(m, inputs, out):
-        leaf = _output_tensor(out, fn).detach().requires_grad_()   # grad w.r.t. the output only; no parameter .grad touched
+        with naming('embedding_fgm'): leaf = _output_tensor(out).detach().requires_grad_()
         outputs.append(leaf)
         return _with_output_tensor(out, leaf)
     handle = module.register_forward_hook(capture)
     try:
-        with torch.enable_grad(): loss = _call(loss_fn, (), fn, 'loss_fn', 'running the model')
+        with torch.enable_grad(): loss = _call(loss_fn, (), 'loss_fn', 'running the model')
     finally: handle.remove()
-    if len(outputs) != 1:
-        raise ValueError(f"{fn}: module must run exactly once inside loss_fn(), it ran {len(outputs)} times")
-    out = outputs[0]
-    _check_input(out, fn, "module's output")
-    e = _check_eps(eps, out, fn)
-    loss = _checked_loss(loss, out.shape[0], fn)
+    if len(outputs) != 1: raise fail(f"module must run exactly once inside loss_fn(), it ran {len(outputs)} times")
+    return loss, outputs[0]
+
+# %% ../nbs/08_adversarial_training.ipynb #7fc9b454
+@public
+def embedding_fgm(loss_fn,            # runs the model, no arguments: one loss per example, or a scalar
+                  module: nn.Module,  # the module (an embedding) whose output is perturbed; it runs once in loss_fn()
+                  eps,                # the radius: a number >= 0, or a tensor with one radius per example
+                  norm=2,             # 2 (eps g/||g||) or math.inf (eps sign g), per example
+                 ) -> torch.Tensor:
+    "FGM delta for `module`'s output (an embedding): eps g/||g|| per example, g = d loss / d output; loss_fn() runs the model."
+    check_callable(loss_fn, 'loss_fn', 'callable with no arguments'); check_module(module, 'module')
+    _check_norm(norm); _check_eps(eps, None)            # what can be checked before the forward
+    loss, out = _run_capturing(loss_fn, module)
+    _check_input(out, "module's output")
+    e = _check_eps(eps, out)
+    loss = _checked_loss(loss, out.shape[0])
     g = torch.autograd.grad(loss.sum(), out, allow_unused=True)[0] if loss.requires_grad else None
     g = torch.zeros_like(out) if g is None else g
-    return (e * _unit_step(g, norm, fn)).detach()
+    return (e * _unit_step(g, norm)).detach()
 
 # %% ../nbs/08_adversarial_training.ipynb #d5b2f8a3
-def _check_per_sample(critic, fname):
+def _check_real_fake(real, fake):
+    _check_input(real, 'real'); _check_input(fake, 'fake')
+    if real.shape != fake.shape:
+        raise fail(f"real and fake must have the same shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    if real.dtype != fake.dtype or real.device != fake.device:
+        raise fail(f"real and fake must share dtype and device, got {real.dtype} on {real.device} and "
+                   f"{fake.dtype} on {fake.device}")
+
+def _check_per_sample(critic):
     "A critic that normalises with batch statistics mixes the samples: then no score has a per-sample gradient."
     mixing = lambda m: isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or m.running_mean is None)
     m = next(filter(mixing, critic.modules()), None) if isinstance(critic, nn.Module) else None
     if m is not None:
-        raise ValueError(f"{fname}: critic normalises with batch statistics ({type(m).__name__} in training mode or "
-                         f"without running stats), so a score's gradient is not per sample; use eval mode or LayerNorm")
+        raise fail(f"critic normalises with batch statistics ({type(m).__name__} in training mode or "
+                   f"without running stats), so a score's gradient is not per sample; use eval mode or LayerNorm")
 
-def _check_alpha(alpha, b, fname):
-    _check_float_tensor(alpha, fname, 'alpha'); _check_not_meta(alpha, fname, 'alpha')
+def _check_alpha(alpha, b):
+    check_tensor(alpha, 'alpha', floating=True, values=True)
     if alpha.shape != (b,) or not ((alpha >= 0) & (alpha <= 1)).all():
         got = f"shape {tuple(alpha.shape)}" + (f", values from {alpha.min().item():.4g} to {alpha.max().item():.4g}"
                                               if alpha.shape == (b,) else "")
-        raise ValueError(f"{fname}: alpha must have shape ({b},) with values in [0, 1], got {got}")
+        raise fail(f"alpha must have shape ({b},) with values in [0, 1], got {got}")
 
-# %% ../nbs/08_adversarial_training.ipynb #e7b3de5e
-def wgan_gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, one_sided: bool = False, target: float = 1.0,
-                          alpha: torch.Tensor | None = None) -> torch.Tensor:
-    "Mean over the batch of (||grad D(x_hat)|| - target)^2 (one-sided: relu(.)^2), x_hat = alpha real + (1 - alpha) fake."
-    fn = 'wgan_gradient_penalty'
-    if not callable(critic): raise TypeError(f"{fn}: critic must be callable, got {type(critic).__name__}")
-    _check_input(real, fn, 'real'); _check_input(fake, fn, 'fake')
-    if real.shape != fake.shape:
-        raise ValueError(f"{fn}: real and fake must have the same shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
-    if real.dtype != fake.dtype or real.device != fake.device:
-        raise ValueError(f"{fn}: real and fake must share dtype and device, got {real.dtype} on {real.device} and "
-                         f"{fake.dtype} on {fake.device}")
-    _check_positive_float(target, fn, 'target')
-    if not isinstance(one_sided, bool): raise TypeError(f"{fn}: one_sided must be a bool, got {type(one_sided).__name__}")
-    _check_module_dtype(critic, real, fn, 'critic', 'real'); _check_per_sample(critic, fn)
-    b = real.shape[0]
-    if alpha is None: alpha = torch.rand(b, dtype=real.dtype, device=real.device)       # one alpha per sample
-    else: _check_alpha(alpha, b, fn)
-    a = _per_example_shape(alpha.to(real), real)
-    x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_()
+# %% ../nbs/08_adversarial_training.ipynb #a414bc9d
+def _critic_gradient(critic, x_hat):
+    "The gradient of the summed scores at x_hat, graph kept (0 for a critic constant in its input)."
+    b = x_hat.shape[0]
     with torch.enable_grad():
-        d = _call(critic, (x_hat,), fn, 'critic', f'on real and fake of dtype {real.dtype}')
+        d = _call(critic, (x_hat,), 'critic', f'on real and fake of dtype {x_hat.dtype}')
         if not (isinstance(d, torch.Tensor) and d.is_floating_point() and d.shape in ((b,), (b, 1))):
             got = f"shape {tuple(d.shape)}, dtype {d.dtype}" if isinstance(d, torch.Tensor) else type(d).__name__
-            raise ValueError(f"{fn}: critic must return one score per sample, a float tensor of shape ({b},) or ({b}, 1), got {got}")
+            raise fail(f"critic must return one score per sample, a float tensor of shape ({b},) or ({b}, 1), got {got}")
         g = torch.autograd.grad(d.sum(), x_hat, create_graph=True, allow_unused=True)[0] if d.requires_grad else None
-    if g is None: g = torch.zeros_like(x_hat)          # a critic constant in its input: gradient 0
+    return torch.zeros_like(x_hat) if g is None else g
+
+# %% ../nbs/08_adversarial_training.ipynb #e7b3de5e
+@public
+def wgan_gradient_penalty(critic,                  # maps a batch to one score per sample, shape (batch,) or (batch, 1)
+                          real: torch.Tensor,      # real samples (batch, ...), floating and finite
+                          fake: torch.Tensor,      # generated samples: real's shape, dtype and device
+                          one_sided: bool = False, # penalise only norms above target: relu(||grad D|| - target)^2
+                          target: float = 1.0,     # the gradient norm aimed at, > 0
+                          alpha: torch.Tensor | None = None,  # (batch,) weights of real in [0, 1] (None: uniform draws)
+                         ) -> torch.Tensor:
+    "Mean over the batch of (||grad D(x_hat)|| - target)^2 (one-sided: relu(.)^2), x_hat = alpha real + (1 - alpha) fake."
+    check_callable(critic, 'critic'); _check_real_fake(real, fake)
+    check_positive_float(target, 'target'); check_bool(one_sided, 'one_sided')
+    _check_module_dtype(critic, real, 'critic', 'real'); _check_per_sample(critic)
+    b = real.shape[0]
+    if alpha is None: alpha = torch.rand(b, dtype=real.dtype, device=real.device)       # one alpha per sample
+    else: _check_alpha(alpha, b)
+    a = _per_example_shape(alpha.to(real), real)
+    x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_()
+    g = _critic_gradient(critic, x_hat)
     excess = torch.linalg.vector_norm(_rows(g), dim=1) - target            # the gradient of a sample is one vector
     return (torch.relu(excess) if one_sided else excess).pow(2).mean()

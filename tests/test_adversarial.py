@@ -29,7 +29,7 @@ critic = nn.Linear(5, 1)
     (lambda: fgm(lambda z: loss(z) * float('nan'), x, 0.1), ValueError, "fgm: the gradient of loss_fn is NaN or Inf"),
     (lambda: pgd(lambda z: torch.sqrt(z[:, 0] - z[:, 0]), x, 0.1), ValueError, "pgd: the gradient of loss_fn is NaN or Inf"),
     (lambda: input_gradient_penalty(lambda z: loss(z) * float('inf'), x), ValueError, "input_gradient_penalty: loss_fn returned NaN"),
-    (lambda: fgm(loss, x.long(), 0.1), TypeError, "fgm: x must have a floating dtype"),
+    (lambda: fgm(loss, x.long(), 0.1), TypeError, "fgm: x must have a real floating dtype"),
     (lambda: fgm(loss, torch.full((6, 5), float('nan')), 0.1), ValueError, "fgm: x contains NaN"),
     (lambda: fgm('loss', x, 0.1), TypeError, "fgm: loss_fn must be callable"),
     (lambda: pgd(loss, x, 0.1, steps=0), ValueError, "pgd: steps must be >= 1"),
