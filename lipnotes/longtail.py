@@ -7,7 +7,6 @@ __all__ = ['class_priors', 'logit_adjusted_loss', 'LogitAdjustedLoss', 'posthoc_
            'balanced_error']
 
 # %% ../nbs/11_logit_adjustment.ipynb #0c30ea55
-import math
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
