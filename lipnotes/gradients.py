@@ -13,65 +13,91 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
-from .lipschitz import _check_function, _leaves
-from .norms import _uses_torch_call_path
+from .core import (RANDOM_IN_TRAINING, check_callable, check_module, check_tensor, fail, forward_hooks, leaves,
+                           public, uses_torch_call_path)
+from .lipschitz import layer_rule
 
 # %% ../nbs/07_gradient_inequality.ipynb #86c0b3b3
-def _check_not_meta(x, fname, argname='x'):
-    "A meta tensor has a shape but no values, and every quantity here is a value: refuse it before torch fails on it."
-    if isinstance(x, torch.Tensor) and x.is_meta:
-        raise ValueError(f"{fname}: {argname} is a meta tensor (a shape without values); gradient norms need values")
+def _check_batch(x):
+    "x: a non-empty batch (batch, ...) of examples, real floating, with values, finite."
+    check_tensor(x, 'x', floating=True, values=True)
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise fail(f"x must be a non-empty batch (batch, ...) of examples, got shape {tuple(x.shape)}")
+    return check_tensor(x, 'x', finite=True)
 
-def _check_args(args, batch, fname):
+def _check_one_function(f, argname):
+    "f (a model or a function) must be one function of x: no BatchNorm, Dropout or RReLU in training mode."
+    check_callable(f, argname, 'callable (a model or a function)')
+    if isinstance(f, nn.Module):
+        bad = [type(m).__name__ for m in f.modules() if m.training and isinstance(m, RANDOM_IN_TRAINING)]
+        if bad: raise fail(f"{argname} has {bad[0]} in training mode, so it is not one function of x; call {argname}.eval()")
+    return f
+
+def _check_args(args, batch):
     "The per-example extra inputs of f (labels, targets): a tensor or a tuple of tensors with one row per example."
     if isinstance(args, torch.Tensor): args = (args,)
     if not isinstance(args, (tuple, list)):
-        raise TypeError(f"{fname}: args must be a tuple of tensors (one row per example), got {type(args).__name__}")
+        raise fail(f"args must be a tuple of tensors (one row per example), got {type(args).__name__}", TypeError)
     for i, a in enumerate(args):
         if not isinstance(a, torch.Tensor) or a.dim() == 0 or a.shape[0] != batch:
             got = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
-            raise ValueError(f"{fname}: args[{i}] must be a tensor with one row per example (first dimension {batch}), "
-                             f"got {got}")
-        _check_not_meta(a, fname, f"args[{i}]")
+            raise fail(f"args[{i}] must be a tensor with one row per example (first dimension {batch}), got {got}")
+        check_tensor(a, f'args[{i}]', values=True)
     return tuple(args)
 
-def _check_one_scalar(f, out, args, fname, of):
+# %% ../nbs/07_gradient_inequality.ipynb #2aadd37c
+def _check_one_scalar(f, out, args, of):
     "f must map a batch of one to shape (1,), one float per example; checked on the first example before any work."
-    if not callable(f): raise TypeError(f"{fname}: f must be callable, got {type(f).__name__}")
+    check_callable(f, 'f')
     try:
         with torch.no_grad(): y = f(out, *(a[:1] for a in args))
     except RuntimeError as e:   # typically a model inside f on another dtype or device than x
-        raise ValueError(f"{fname}: f fails on the first example of x, given as {of} of one ({out.dtype} on {out.device}): "
-                         f"{str(e).splitlines()[0]}; a model called inside f must have x's dtype and device "
-                         "(model.to(x))") from e
+        raise fail(f"f fails on the first example of x, given as {of} of one ({out.dtype} on {out.device}): "
+                   f"{str(e).splitlines()[0]}; a model called inside f must have x's dtype and device (model.to(x))") from e
     if not isinstance(y, torch.Tensor) or y.shape != (1,) or not y.is_floating_point():
         got = f"shape {tuple(y.shape)}, dtype {y.dtype}" if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ValueError(f"{fname}: f must map {of} to one float per example, shape (batch,); on a batch of one it "
-                         f"returned {got} (reduce over the other dimensions, never over the batch)")
+        raise fail(f"f must map {of} to one float per example, shape (batch,); on a batch of one it returned {got} "
+                   "(reduce over the other dimensions, never over the batch)")
 
 def _one(t):
     "A single example as a batch of one, the form f and the model are called with."
     return t.unsqueeze(0)
 
-def _finite(norms, fname):
-    if not torch.isfinite(norms).all():
-        bad = torch.nonzero(~torch.isfinite(norms)).flatten()[:5].tolist()
-        raise ValueError(f"{fname}: the gradient is not finite at examples {bad}: f or the model gives NaN/Inf there")
-    return norms
-
-def _params(model, x, fname, trainable=True):
+# %% ../nbs/07_gradient_inequality.ipynb #0649e739
+def _params(model, x, trainable=True):
     "The model's parameters (those that require grad, if `trainable`), on x's dtype and device and finite."
     ps = {k: p for k, p in model.named_parameters() if p.requires_grad or not trainable}
-    if not ps: raise ValueError(f"{fname}: model has no parameters that require grad")
+    if not ps: raise fail("model has no parameters that require grad")
     for k, p in ps.items():
         if isinstance(p, nn.parameter.UninitializedParameter):
-            raise ValueError(f"{fname}: model parameter '{k}' is an uninitialised lazy parameter; run one forward pass first")
+            raise fail(f"model parameter '{k}' is an uninitialised lazy parameter; run one forward pass first")
         if p.dtype != x.dtype or p.device != x.device:
-            raise ValueError(f"{fname}: model parameter '{k}' is {p.dtype} on {p.device} but x is {x.dtype} on {x.device}; "
-                             "move one to the other (model.to(x))")
-        if not torch.isfinite(p).all(): raise ValueError(f"{fname}: model parameter '{k}' contains NaN or Inf")
+            raise fail(f"model parameter '{k}' is {p.dtype} on {p.device} but x is {x.dtype} on {x.device}; "
+                       "move one to the other (model.to(x))")
+        if not torch.isfinite(p).all(): raise fail(f"model parameter '{k}' contains NaN or Inf")
     return ps
 
+def _finite(norms):
+    "`norms`, refused where an example's value is NaN or Inf."
+    if not torch.isfinite(norms).all():
+        bad = torch.nonzero(~torch.isfinite(norms)).flatten()[:5].tolist()
+        raise fail(f"the gradient is not finite at examples {bad}: f or the model gives NaN/Inf there")
+    return norms
+
+# %% ../nbs/07_gradient_inequality.ipynb #82c3f06d
+@public
+def input_grad_norm(f, # maps a batch (and the rows of `args`) to one float per example, shape (batch,)
+                    x: torch.Tensor, # the batch (batch, ...) of examples
+                    args=(), # per-example extra inputs of f (labels, targets): a tensor or a tuple, one row per example
+                   ) -> torch.Tensor: # (batch,) the norms, differentiable
+    "||grad_x f(x_i)|| for each example x_i of the batch `x`; f maps a batch (and rows of `args`) to one scalar per example."
+    _check_batch(x); _check_one_function(f, 'f'); args = _check_args(args, x.shape[0])
+    _check_one_scalar(f, x[:1], args, 'the input batch')
+    one = lambda xi, *ai: f(_one(xi), *map(_one, ai)).squeeze(0)
+    g = vmap(grad(one))(x, *args)
+    return _finite(torch.linalg.vector_norm(g.flatten(1), dim=1))
+
+# %% ../nbs/07_gradient_inequality.ipynb #f2cf8bae
 def _per_example_grads(f, model, params, x, args, argnums):
     "vmap over the batch of grad of f(model(x_i), *args_i) with respect to `argnums` (0: the params dict, 1: x_i)."
     buffers = dict(model.named_buffers())
@@ -79,84 +105,77 @@ def _per_example_grads(f, model, params, x, args, argnums):
         return f(functional_call(model, (p, buffers), (_one(xi),)), *map(_one, ai)).squeeze(0)
     return vmap(grad(one, argnums=argnums), in_dims=(None, 0) + (0,) * len(args))(params, x, *args)
 
-# %% ../nbs/07_gradient_inequality.ipynb #82c3f06d
-def input_grad_norm(f, x: torch.Tensor, args=()) -> torch.Tensor:
-    "||grad_x f(x_i)|| for each example x_i of the batch `x`; f maps a batch (and rows of `args`) to one scalar per example."
-    fn = 'input_grad_norm'
-    _check_not_meta(x, fn); _check_function(f, x, fn); args = _check_args(args, x.shape[0], fn)
-    _check_one_scalar(f, x[:1], args, fn, 'the input batch')
-    one = lambda xi, *ai: f(_one(xi), *map(_one, ai)).squeeze(0)
-    g = vmap(grad(one))(x, *args)
-    return _finite(torch.linalg.vector_norm(g.flatten(1), dim=1), fn)
-
-def param_grad_norm(f, model: nn.Module, x: torch.Tensor, args=()) -> torch.Tensor:
+# %% ../nbs/07_gradient_inequality.ipynb #f1c2a3b4
+@public
+def param_grad_norm(f, # maps the model's output batch (and the rows of `args`) to one float per example
+                    model: nn.Module, # the network; theta is its parameters that require grad
+                    x: torch.Tensor, # the batch (batch, ...) of inputs
+                    args=(), # per-example extra inputs of f (labels, targets): a tensor or a tuple, one row per example
+                   ) -> torch.Tensor: # (batch,) the norms, differentiable
     "||grad_theta f(model(x_i))|| over every parameter that requires grad, per example; f maps the output batch to one scalar per example."
-    fn = 'param_grad_norm'
-    if not isinstance(model, nn.Module): raise TypeError(f"{fn}: model must be a torch.nn.Module, got {type(model).__name__}")
-    _check_not_meta(x, fn); _check_function(model, x, fn, 'model'); args = _check_args(args, x.shape[0], fn)
-    params = _params(model, x, fn)
+    check_module(model); _check_batch(x); _check_one_function(model, 'model'); args = _check_args(args, x.shape[0])
+    params = _params(model, x)
     with torch.no_grad(): out = model(x[:1])
-    _check_one_scalar(f, out, args, fn, "the model's output batch")
+    _check_one_scalar(f, out, args, "the model's output batch")
     g = _per_example_grads(f, model, params, x, args, 0)
-    return _finite(torch.linalg.vector_norm(torch.cat([t.flatten(1) for t in g.values()], 1), dim=1), fn)
+    return _finite(torch.linalg.vector_norm(torch.cat([t.flatten(1) for t in g.values()], 1), dim=1))
 
 # %% ../nbs/07_gradient_inequality.ipynb #01ddd63e
-# Elementwise maps h -> g(h), coordinate by coordinate (PReLU is refused for its parameters; Dropout, RReLU only in eval).
-_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid,
-                nn.Hardtanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid,
-                nn.Softshrink, nn.Hardshrink, nn.Threshold, nn.RReLU, nn.PReLU, nn.Identity, nn.modules.dropout._DropoutNd)
+def _is_elementwise(m):
+    "One scalar function on every coordinate, by chapter 02's layer rule table (activations, Identity, Dropout)."
+    rule = layer_rule(m)
+    return rule is not None and rule.elementwise
 
-def _check_plain_layer(name, m, fname):
+def _check_plain_layer(name, m):
     "Refuse a layer that may not compute what its torch class does: replaced call path, hooks, a parametrised weight."
-    where = f"{fname}: model layer '{name}' ({type(m).__name__})"
-    if isinstance(m, (nn.Linear, nn.Sequential, *_ELEMENTWISE)) and not _uses_torch_call_path(m):
-        raise ValueError(f"{where} replaces torch's forward or call path (in its class or on the instance), so it may not "
-                         "compute what its torch layer does; the inequality is proved for MLPs h -> g(W h + b)")
-    if m._forward_hooks or m._forward_pre_hooks:
-        raise ValueError(f"{where} has forward hooks (old-style weight_norm is one), which may change what it computes")
+    where = f"model layer '{name}' ({type(m).__name__})"
+    if (isinstance(m, (nn.Linear, nn.Sequential)) or _is_elementwise(m)) and not uses_torch_call_path(m):
+        raise fail(f"{where} replaces torch's forward or call path (in its class or on the instance), so it may not "
+                   "compute what its torch layer does; the inequality is proved for MLPs h -> g(W h + b)")
+    if forward_hooks(m): raise fail(f"{where} has forward hooks (old-style weight_norm is one), which may change what it computes")
     if nn.utils.parametrize.is_parametrized(m):
-        raise ValueError(f"{where} has a parametrised weight (weight_norm, spectral_norm, ...): theta here is the W and b "
-                         "themselves; call torch.nn.utils.parametrize.remove_parametrizations first")
+        raise fail(f"{where} has a parametrised weight (weight_norm, spectral_norm, ...): theta here is the W and b "
+                   "themselves; call torch.nn.utils.parametrize.remove_parametrizations first")
 
-def _mlp_layers(model, x, fname):
+# %% ../nbs/07_gradient_inequality.ipynb #d69167c3
+def _check_activation(name, m, after_linear):
+    "An MLP's activation: elementwise, without parameters, one function of its input, after a Linear layer."
+    where = f"model layer '{name}' ({type(m).__name__})"
+    if not _is_elementwise(m):
+        raise fail(f"{where} is not a Linear layer or an elementwise activation; the inequality is proved for MLPs "
+                   "h -> g(W h + b)")
+    if any(True for _ in m.parameters()): raise fail(f"{where} has parameters; theta here is the W and b of the Linear layers")
+    if m.training and isinstance(m, RANDOM_IN_TRAINING): raise fail(f"{where} is random in training mode; call model.eval()")
+    if not after_linear: raise fail(f"the model's first layer must be Linear (h^(1) = x), got '{name}' ({type(m).__name__})")
+
+# %% ../nbs/07_gradient_inequality.ipynb #a7e0c3d1
+def _mlp_layers(model, x):
     "(name, Linear) for each linear layer of an nn.Sequential MLP, checked against x's width; raises for anything else."
     if not isinstance(model, nn.Sequential):
-        raise TypeError(f"{fname}: model must be an nn.Sequential of Linear layers and elementwise activations, "
-                        f"got {type(model).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"{fname}: x must be a batch of feature vectors (batch, features), got shape {tuple(x.shape)}")
+        raise fail("model must be an nn.Sequential of Linear layers and elementwise activations, "
+                   f"got {type(model).__name__}", TypeError)
+    if x.dim() != 2: raise fail(f"x must be a batch of feature vectors (batch, features), got shape {tuple(x.shape)}")
     layers, seen, width = [], {}, x.shape[1]
-    for name, m in _leaves(model):
-        _check_plain_layer(name, m, fname)
+    for name, m in leaves(model):
+        _check_plain_layer(name, m)
         if m in seen:
-            raise ValueError(f"{fname}: model layer '{name}' is the same module as '{seen[m]}'; shared weights are not an MLP "
-                             "with one W_t per layer")
+            raise fail(f"model layer '{name}' is the same module as '{seen[m]}'; shared weights are not an MLP "
+                       "with one W_t per layer")
         seen[m] = name
-        if isinstance(m, nn.Linear):
-            if isinstance(m.weight, nn.parameter.UninitializedParameter):
-                raise ValueError(f"{fname}: model layer '{name}' has an uninitialised lazy weight; run one forward pass first")
-            if m.in_features != width:
-                raise ValueError(f"{fname}: model layer '{name}' (Linear) takes {m.in_features} features but gets {width}")
-            layers.append((name, m)); width = m.out_features
-            continue
-        if not isinstance(m, _ELEMENTWISE):
-            raise ValueError(f"{fname}: model layer '{name}' ({type(m).__name__}) is not a Linear layer or an elementwise "
-                             "activation; the inequality is proved for MLPs h -> g(W h + b)")
-        if any(True for _ in m.parameters()):
-            raise ValueError(f"{fname}: model layer '{name}' ({type(m).__name__}) has parameters; theta here is the W and b "
-                             "of the Linear layers")
-        if m.training and isinstance(m, (nn.RReLU, nn.modules.dropout._DropoutNd)):
-            raise ValueError(f"{fname}: model layer '{name}' ({type(m).__name__}) is random in training mode; call model.eval()")
-        if not layers:
-            raise ValueError(f"{fname}: the model's first layer must be Linear (h^(1) = x), got '{name}' ({type(m).__name__})")
-    if not layers: raise ValueError(f"{fname}: model has no Linear layer")
+        if not isinstance(m, nn.Linear):
+            _check_activation(name, m, bool(layers)); continue
+        if isinstance(m.weight, nn.parameter.UninitializedParameter):
+            raise fail(f"model layer '{name}' has an uninitialised lazy weight; run one forward pass first")
+        if m.in_features != width: raise fail(f"model layer '{name}' (Linear) takes {m.in_features} features but gets {width}")
+        layers.append((name, m)); width = m.out_features
+    if not layers: raise fail("model has no Linear layer")
     return layers
 
 # %% ../nbs/07_gradient_inequality.ipynb #b7c4e2a1
 def _mlp_pieces(model, params):
     "The MLP as pairs (h_t -> z_(t+1), the affine map with the weights in `params`; z_(t+1) -> h_(t+1), the elementwise maps)."
     segments = []
-    for name, m in _leaves(model):
+    for name, m in leaves(model):
         if isinstance(m, nn.Linear): segments.append((name, []))
         else: segments[-1][1].append(m)
     def elementwise(ms):
@@ -167,6 +186,7 @@ def _mlp_pieces(model, params):
     return [(partial(F.linear, weight=params[f"{n}.weight"], bias=params.get(f"{n}.bias")), elementwise(ms))
             for n, ms in segments]
 
+# %% ../nbs/07_gradient_inequality.ipynb #b7c4e2a5
 def _layer_inputs_and_jacobians(pieces, x):
     "Per example: the inputs h_t of the Linear layers (h_1 = x), max_i |g_t'(z_(t+1))_i|, and densely J_t = dh_t/dx, t >= 2."
     def hidden(h):
@@ -199,13 +219,13 @@ def _terms(gx_norm, activation_terms, norms, allowance):
     scale = (norms + allowance) ** 2
     return torch.where(scale > 0, gx_norm[:, None] ** 2 * activation_terms / scale, torch.zeros_like(scale))
 
-def _in_dtype(ts, dtype, fname):
+# %% ../nbs/07_gradient_inequality.ipynb #c5d9e3f6
+def _in_dtype(ts, dtype):
     "The results, computed in float32 for a float16/bfloat16 x, back in x's dtype; refuse a value that overflows it."
     out = [t.to(dtype) for t in ts]
     for t, o in zip(ts, out):
         if not torch.isfinite(o).all():
-            raise ValueError(f"{fname}: a result ({t.abs().max().item():.3g}) overflows x's dtype {dtype}; "
-                             "pass model and x in float32")
+            raise fail(f"a result ({t.abs().max().item():.3g}) overflows x's dtype {dtype}; pass model and x in float32")
     return out
 
 _ORDS, _LOW_PRECISION = (2, 'fro'), (torch.float16, torch.bfloat16)
@@ -226,37 +246,54 @@ class GradientInequality(NamedTuple):
     product_lhs_terms: torch.Tensor # (batch, l) its layer terms, each <= rhs_terms[:, t] (0 where W_t J_t = 0)
     product_norms: torch.Tensor     # (batch, l) ||W_t J_t||_2 = ||d z_(t+1) / d x||_2 <= ||W_t||_2 ||J_t||_2
 
-def gradient_inequality(model: nn.Sequential, x: torch.Tensor, f, args=(), weight_ord=2,
-                        jacobian_ord=2) -> GradientInequality:
-    "Both sides of ||grad_x f||^2 sum_t (beta_t + ||h_t||^2)/N_t^2 <= ||grad_theta f||^2 for an MLP, per example, with N_t = ||W_t|| ||J_t|| and N_t = ||W_t J_t||_2."
-    fn = 'gradient_inequality'
-    for name, o in (('weight_ord', weight_ord), ('jacobian_ord', jacobian_ord)):
-        if isinstance(o, bool) or o not in _ORDS:
-            raise ValueError(f"{fn}: {name} must be 2 (spectral) or 'fro' (Frobenius), got {o!r}")
-    _check_not_meta(x, fn); _check_function(model, x, fn, 'model')
-    layers = _mlp_layers(model, x, fn); args = _check_args(args, x.shape[0], fn)
-    work = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype    # linalg has no float16/bfloat16 kernels
-    params = {k: p.detach().to(work) for k, p in _params(model, x, fn, trainable=False).items()}
-    xw = x.to(work)
-    with torch.no_grad(): out = functional_call(model, params, (xw[:1],))
-    _check_one_scalar(f, out, args, fn, "the model's output batch")
-    gp, gx = _per_example_grads(f, model, params, xw, args, (0, 1))
+# %% ../nbs/07_gradient_inequality.ipynb #73dbd3a1
+def _norms(W, jac, weight_ord, jacobian_ord, x):
+    "||W_t|| (weight_ord), ||J_t|| (jacobian_ord; J_1 = I) and ||W_t J_t||_2 per example, for every layer."
+    weight_norms = torch.stack([torch.linalg.matrix_norm(w, weight_ord) for w in W])
+    first = torch.full((len(x),), 1.0 if jacobian_ord == 2 else math.sqrt(x.shape[1]), dtype=x.dtype, device=x.device)
+    jacobian_norms = torch.stack([first] + [torch.linalg.matrix_norm(J, jacobian_ord) for J in jac], 1)
+    product_norms = torch.stack([torch.linalg.matrix_norm(W[0], 2).expand(len(x))] +
+                                [torch.linalg.matrix_norm(w @ J, 2) for w, J in zip(W[1:], jac)], 1)
+    return weight_norms, jacobian_norms, product_norms
+
+# %% ../nbs/07_gradient_inequality.ipynb #73dbd3a2
+def _both_sides(model, layers, params, x, f, args, weight_ord, jacobian_ord):
+    "The fields of GradientInequality but `layers`, in order, computed in x's dtype with the weights in `params`."
+    gp, gx = _per_example_grads(f, model, params, x, args, (0, 1))
     with torch.no_grad():
-        hs, slopes, jac = _layer_inputs_and_jacobians(_mlp_pieces(model, params), xw)
+        hs, slopes, jac = _layer_inputs_and_jacobians(_mlp_pieces(model, params), x)
         W = [params[f"{name}.weight"] for name, _ in layers]
         rhs_terms = torch.stack([sum(gp[f"{name}.{p}"].flatten(1).pow(2).sum(1) for p, _ in m.named_parameters())
                                  for name, m in layers], 1)
-        beta = torch.tensor([float(m.bias is not None) for _, m in layers], dtype=work, device=x.device)
+        beta = torch.tensor([float(m.bias is not None) for _, m in layers], dtype=x.dtype, device=x.device)
         activation_terms = beta + torch.stack([h.pow(2).sum(1) for h in hs], 1)
-        weight_norms = torch.stack([torch.linalg.matrix_norm(w, weight_ord) for w in W])
-        first = torch.full((len(x),), 1.0 if jacobian_ord == 2 else math.sqrt(x.shape[1]), dtype=work, device=x.device)
-        jacobian_norms = torch.stack([first] + [torch.linalg.matrix_norm(J, jacobian_ord) for J in jac], 1)
-        product_norms = torch.stack([torch.linalg.matrix_norm(W[0], 2).expand(len(x))] +
-                                    [torch.linalg.matrix_norm(w @ J, 2) for w, J in zip(W[1:], jac)], 1)
-        gx_norm, allowance = torch.linalg.vector_norm(gx.flatten(1), dim=1), _rounding_allowance(W, slopes, xw)
+        weight_norms, jacobian_norms, product_norms = _norms(W, jac, weight_ord, jacobian_ord, x)
+        gx_norm, allowance = torch.linalg.vector_norm(gx.flatten(1), dim=1), _rounding_allowance(W, slopes, x)
         lhs_terms = _terms(gx_norm, activation_terms, weight_norms * jacobian_norms, allowance)
         product_lhs_terms = _terms(gx_norm, activation_terms, product_norms, allowance)
-    _finite(torch.cat([lhs_terms, rhs_terms, product_lhs_terms], 1).sum(1), fn)
-    res = _in_dtype([lhs_terms.sum(1), rhs_terms.sum(1), lhs_terms, rhs_terms, gx_norm, activation_terms, weight_norms,
-                     jacobian_norms, product_lhs_terms.sum(1), product_lhs_terms, product_norms], x.dtype, fn)
+    return [lhs_terms.sum(1), rhs_terms.sum(1), lhs_terms, rhs_terms, gx_norm, activation_terms, weight_norms,
+            jacobian_norms, product_lhs_terms.sum(1), product_lhs_terms, product_norms]
+
+# %% ../nbs/07_gradient_inequality.ipynb #73dbd3a3
+@public
+def gradient_inequality(model: nn.Sequential, # an MLP: Linear layers and parameter-free elementwise activations
+                        x: torch.Tensor, # the batch (batch, features) of inputs
+                        f, # maps the model's output batch (and the rows of `args`) to one float per example
+                        args=(), # per-example extra inputs of f (labels, targets): a tensor or a tuple, one row per example
+                        weight_ord=2, # the norm of W_t: 2 (spectral) or 'fro' (Frobenius)
+                        jacobian_ord=2, # the norm of J_t: 2 (spectral) or 'fro' (Frobenius)
+                       ) -> GradientInequality:
+    "Both sides of ||grad_x f||^2 sum_t (beta_t + ||h_t||^2)/N_t^2 <= ||grad_theta f||^2 for an MLP, per example, with N_t = ||W_t|| ||J_t|| and N_t = ||W_t J_t||_2."
+    for name, o in (('weight_ord', weight_ord), ('jacobian_ord', jacobian_ord)):
+        if isinstance(o, bool) or o not in _ORDS: raise fail(f"{name} must be 2 (spectral) or 'fro' (Frobenius), got {o!r}")
+    _check_batch(x); _check_one_function(model, 'model')
+    layers = _mlp_layers(model, x); args = _check_args(args, x.shape[0])
+    work = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype    # linalg has no float16/bfloat16 kernels
+    params = {k: p.detach().to(work) for k, p in _params(model, x, trainable=False).items()}
+    xw = x.to(work)
+    with torch.no_grad(): out = functional_call(model, params, (xw[:1],))
+    _check_one_scalar(f, out, args, "the model's output batch")
+    sides = _both_sides(model, layers, params, xw, f, args, weight_ord, jacobian_ord)
+    _finite(torch.cat([sides[2], sides[3], sides[9]], 1).sum(1))
+    res = _in_dtype(sides, x.dtype)
     return GradientInequality(*res[:8], [name for name, _ in layers], *res[8:])

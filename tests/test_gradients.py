@@ -167,7 +167,7 @@ s = lambda o: o.sum(1)
     (lambda: gradient_inequality(net0, x0, lambda o: o), ValueError, "returned shape (1, 2)"),
     (lambda: gradient_inequality(net0, x0, 'sum'), TypeError, "gradient_inequality: f must be callable"),
     (lambda: gradient_inequality(net0, x0.float(), s), ValueError, "is torch.float64 on cpu but x is torch.float32"),
-    (lambda: gradient_inequality(net0, torch.ones(5, 3, dtype=torch.int64), s), TypeError, "x must have a floating dtype"),
+    (lambda: gradient_inequality(net0, torch.ones(5, 3, dtype=torch.int64), s), TypeError, "x must have a real floating dtype"),
     (lambda: gradient_inequality(net0, torch.full((5, 3), float('nan'), dtype=D), s), ValueError, "x contains NaN"),
     (lambda: gradient_inequality(net0, x0, FS['cross_entropy'], (torch.zeros(4),)), ValueError,
      "args[0] must be a tensor with one row per example (first dimension 5), got (4,)"),
