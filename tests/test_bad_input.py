@@ -26,7 +26,7 @@ W = torch.randn(5, 4)
     (dict(W=W, eps=float('nan')), ValueError, "eps must be positive"),
     (dict(W=W, u=torch.randn(4)), ValueError, "u must have shape (5,)"),
     (dict(W=W, u=torch.randn(5, dtype=torch.float64)), ValueError, "u must have shape (5,), dtype torch.float32"),
-    (dict(W=W, u=torch.ones(5, dtype=torch.int32)), TypeError, "u must have a floating dtype"),
+    (dict(W=W, u=torch.ones(5, dtype=torch.int32)), TypeError, "u must have a real floating dtype"),
 ])
 def test_power_iteration_rejects(kwargs, exc, words):
     with pytest.raises(exc, match="^power_iteration: ") as e:
@@ -71,7 +71,7 @@ def test_zero_member_of_a_batch():
 
 @pytest.mark.parametrize("args, kwargs, exc, words", [
     ((torch.randn(2, 3, 3), (3, 8, 8)), {}, ValueError, "weight must be a non-empty 4-D"),
-    ((torch.ones(2, 3, 3, 3, dtype=torch.int64), (3, 8, 8)), {}, TypeError, "weight must have a floating dtype"),
+    ((torch.ones(2, 3, 3, 3, dtype=torch.int64), (3, 8, 8)), {}, TypeError, "weight must have a real floating dtype"),
     ((torch.randn(2, 3, 3, 3), (8, 8)), {}, ValueError, "input_shape must be (C, H, W)"),
     ((torch.randn(2, 3, 3, 3), (4, 8, 8)), {}, ValueError, "input_shape has 4 channels"),
     ((torch.randn(2, 3, 3, 3), (3, 2, 8)), {}, ValueError, "does not fit"),

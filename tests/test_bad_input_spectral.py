@@ -32,9 +32,9 @@ CASES = [  # (call, exception, function name, argument name / fragment)
     # power_iteration
     (lambda: power_iteration(torch.empty(5, 4, **META)), ValueError, 'power_iteration', 'W is a meta tensor'),
     (lambda: power_iteration(W, u=torch.empty(5, **META)), ValueError, 'power_iteration', 'u must have shape'),
-    (lambda: power_iteration(W.to(torch.complex64)), TypeError, 'power_iteration', 'W must have a floating dtype'),
-    (lambda: power_iteration(W.to(torch.int32)), TypeError, 'power_iteration', 'W must have a floating dtype'),
-    (lambda: power_iteration(W.bool()), TypeError, 'power_iteration', 'W must have a floating dtype'),
+    (lambda: power_iteration(W.to(torch.complex64)), TypeError, 'power_iteration', 'W must have a real floating dtype'),
+    (lambda: power_iteration(W.to(torch.int32)), TypeError, 'power_iteration', 'W must have a real floating dtype'),
+    (lambda: power_iteration(W.bool()), TypeError, 'power_iteration', 'W must have a real floating dtype'),
     (lambda: power_iteration(torch.randn(4)), ValueError, 'power_iteration', 'W must be a non-empty matrix'),
     (lambda: power_iteration(torch.randn(3, 0)), ValueError, 'power_iteration', 'W must be a non-empty matrix'),
     (lambda: power_iteration(nan_w), ValueError, 'power_iteration', 'W or u contains NaN or Inf'),
@@ -42,17 +42,17 @@ CASES = [  # (call, exception, function name, argument name / fragment)
     (lambda: power_iteration(W, n_iter=0), ValueError, 'power_iteration', 'n_iter must be >= 1'),
     (lambda: power_iteration(W, n_iter=1.0), TypeError, 'power_iteration', 'n_iter must be an int'),
     (lambda: power_iteration(W, eps=float('inf')), ValueError, 'power_iteration', 'eps must be positive'),
-    (lambda: power_iteration(W, eps='1e-12'), TypeError, 'power_iteration', 'eps must be a float'),
+    (lambda: power_iteration(W, eps='1e-12'), TypeError, 'power_iteration', 'eps must be a real number'),
     (lambda: power_iteration(W, u=torch.randn(5).to(torch.float16)), ValueError, 'power_iteration', 'u must have shape'),
     (lambda: power_iteration(W.numpy()), TypeError, 'power_iteration', 'W must be a torch.Tensor'),
     # conv_operator_norm
     (lambda: conv_operator_norm(torch.empty(2, 3, 3, 3, **META), (3, 8, 8)), ValueError, 'conv_operator_norm', 'weight is a meta tensor'),
     (lambda: conv_operator_norm(K, (3, 8, 8), v=torch.empty(3, 8, 8, **META)), ValueError, 'conv_operator_norm', 'v is a meta tensor'),
-    (lambda: conv_operator_norm(K.to(torch.complex64), (3, 8, 8)), TypeError, 'conv_operator_norm', 'weight must have a floating dtype'),
-    (lambda: conv_operator_norm(K.bool(), (3, 8, 8)), TypeError, 'conv_operator_norm', 'weight must have a floating dtype'),
+    (lambda: conv_operator_norm(K.to(torch.complex64), (3, 8, 8)), TypeError, 'conv_operator_norm', 'weight must have a real floating dtype'),
+    (lambda: conv_operator_norm(K.bool(), (3, 8, 8)), TypeError, 'conv_operator_norm', 'weight must have a real floating dtype'),
     (lambda: conv_operator_norm(inf_k, (3, 8, 8)), ValueError, 'conv_operator_norm', 'weight contains NaN or Inf'),
     (lambda: conv_operator_norm(K, (3, 8, 8), v=torch.full((3, 8, 8), float('nan'))), ValueError, 'conv_operator_norm', 'v contains NaN'),
-    (lambda: conv_operator_norm(K, (3, 8, 8), v=torch.ones(3, 8, 8, dtype=torch.int64)), TypeError, 'conv_operator_norm', 'v must have a floating'),
+    (lambda: conv_operator_norm(K, (3, 8, 8), v=torch.ones(3, 8, 8, dtype=torch.int64)), TypeError, 'conv_operator_norm', 'v must have a real floating'),
     (lambda: conv_operator_norm(torch.empty(0, 3, 3, 3), (3, 8, 8)), ValueError, 'conv_operator_norm', 'weight must be a non-empty 4-D'),
     (lambda: conv_operator_norm(K, [3, 8]), ValueError, 'conv_operator_norm', 'input_shape must be (C, H, W)'),
     (lambda: conv_operator_norm(K, (3, 8.0, 8)), TypeError, 'conv_operator_norm', 'input_shape must be an int or a tuple'),
@@ -70,13 +70,13 @@ CASES = [  # (call, exception, function name, argument name / fragment)
     (lambda: spectral_penalty("net"), TypeError, 'spectral_penalty', 'model must be a torch.nn.Module'),
     # spectral_normalize
     (lambda: spectral_normalize(nn.Linear(3, 2, device='meta')), ValueError, 'spectral_normalize', 'weight is a meta tensor'),
-    (lambda: spectral_normalize(lin_with(W.to(torch.complex64))), TypeError, 'spectral_normalize', 'weight must have a floating dtype'),
+    (lambda: spectral_normalize(lin_with(W.to(torch.complex64))), TypeError, 'spectral_normalize', 'weight must have a real floating dtype'),
     (lambda: spectral_normalize(lin_with(nan_w)), ValueError, 'spectral_normalize', "'weight' contains NaN or Inf"),
     (lambda: spectral_normalize(nn.Linear(3, 2), name=3), TypeError, 'spectral_normalize', 'name must be a str'),
     (lambda: spectral_normalize(nn.Linear(3, 2), n_power_iterations=1.5), TypeError, 'spectral_normalize', 'n_power_iterations must be an int'),
     (lambda: spectral_normalize(nn.Linear(3, 2), eps=0), ValueError, 'spectral_normalize', 'eps must be positive'),
     (lambda: spectral_normalize(nn.Linear(3, 2), coeff=float('inf')), ValueError, 'spectral_normalize', 'coeff must be positive'),
-    (lambda: spectral_normalize(nn.Linear(3, 2), coeff='1'), TypeError, 'spectral_normalize', 'coeff must be a float'),
+    (lambda: spectral_normalize(nn.Linear(3, 2), coeff='1'), TypeError, 'spectral_normalize', 'coeff must be a real number'),
     (lambda: spectral_normalize(nn.Conv2d(1, 2, 3), mode='operator', input_shape=(1, 2, 2)), ValueError, 'spectral_normalize', 'does not fit'),
     (lambda: spectral_normalize(nn.Conv2d(1, 2, 3), mode='operator', input_shape=(1, -4, 4)), ValueError, 'spectral_normalize', 'input_shape'),
     (lambda: spectral_normalize(nn.Conv2d(1, 2, 3), mode='operator', input_shape="1x8x8"), ValueError, 'spectral_normalize', 'input_shape must be (C, H, W)'),
@@ -103,11 +103,8 @@ CASES = [  # (call, exception, function name, argument name / fragment)
 
 
 @pytest.mark.parametrize("call, exc, fname, words", CASES, ids=[f"{c[2]}-{i}" for i, c in enumerate(CASES)])
-def test_refused_with_a_clear_error(call, exc, fname, words):
-    with pytest.raises(exc) as e:
-        call()
-    assert str(e.value).startswith(f"{fname}: "), str(e.value)
-    assert words in str(e.value), str(e.value)
+def test_refused_with_a_clear_error(rejects, call, exc, fname, words):
+    rejects(call, exc, fname, words)
 
 
 def dense_conv(weight, shape, **kw):
