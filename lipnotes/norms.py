@@ -10,7 +10,6 @@ import functools
 import math
 import torch
 from torch import nn
-import torch.nn.functional as F
 from .core import as_tuple, fail, layer_matrix, public, weight_layers
 from .lipschitz import composition_bound
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.func import jacrev, vmap
 
-from lipnotes.core import BATCHNORM, DROPOUT
+from lipnotes.core import DROPOUT
 from lipnotes.lipschitz import (LAYER_RULES, LayerRule, NoLipschitzConstant, activation_lipschitz, composition_bound,
                                 layer_constant, layer_rule)
 
