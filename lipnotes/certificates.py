@@ -458,7 +458,7 @@ class Certificate(NamedTuple):
 @public
 def certify(model: nn.Module, # a (nested) plain nn.Sequential of supported layers, as for `lipschitz_upper_bound`
             x: torch.Tensor, # the starting examples (batch, ...) of the ascent, in model's dtype and on its device
-            input_shape: tuple | None = None, # one example's shape for the upper bound: x.shape[1:] (the default) or nothing
+            input_shape: tuple | None = None, # one example's shape for the upper bound; if given, it must be x.shape[1:] (the default)
             steps: int = 100, # ascent steps of the lower bound
             lr: float = 0.1, # the length of each ascent step
             n_iter: int = 5, # power steps per ascent step
