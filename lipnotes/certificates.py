@@ -201,10 +201,11 @@ def _upper_bound(model, input_shape, breakdown, dtype=None):
 
 # %% ../nbs/05_certificates.ipynb #7b1e2a33
 @public
-def lipschitz_upper_bound(model: nn.Module, # a (nested) plain nn.Sequential of supported layers; any module may declare `lipschitz_constant`
-                          input_shape: tuple | None = None, # one example's shape, e.g. (C, H, W): needed for Conv2d and average or adaptive pooling
-                          breakdown: bool = False, # also return each layer's constant, as an UpperBound
-                         ) -> torch.Tensor | UpperBound: # the certified bound (a float64 scalar), or UpperBound(bound, layers)
+def lipschitz_upper_bound(
+    model: nn.Module, # a (nested) plain nn.Sequential of supported layers; any module may declare `lipschitz_constant`
+    input_shape: tuple | None = None, # one example's shape, e.g. (C, H, W): needed for Conv2d, average and adaptive pooling
+    breakdown: bool = False, # also return each layer's constant, as an UpperBound
+) -> torch.Tensor | UpperBound: # the certified bound (a float64 scalar), or UpperBound(bound, layers)
     """Certified bound on the L2 Lipschitz constant of `model`: the product of exact per-layer constants (Conv2d and pooling
     on inputs of `input_shape`)."""
     check_bool(breakdown, 'breakdown')
@@ -427,7 +428,7 @@ def _round_down(v, dtype):
 
 # %% ../nbs/05_certificates.ipynb #7b1e2a67
 class LowerBound(NamedTuple):
-    "Result of `lipschitz_lower_bound`: a difference ratio ||f(a) - f(b)|| / ||a - b|| attained at the point, the point, and the same at the best start."
+    "Result of `lipschitz_lower_bound`: an attained ratio ||f(a) - f(b)|| / ||a - b||, its point, and the same at the best start."
     value: torch.Tensor # the attained ratio, a lower bound on Lip(f), in x's dtype rounded down
     point: torch.Tensor # the example (no batch dimension) where it is attained
     start_value: torch.Tensor # the same ratio at the best starting example, before any ascent
@@ -441,7 +442,8 @@ def lipschitz_lower_bound(f, # a model or function from a batch (batch, ...) to 
                           beta: tuple = (1.0, 100.0), # the smooth copy's softplus sharpness at the first and the last step
                          ) -> LowerBound:
     """Sound lower bound on Lip(f): gradient ascent on ||J_f|| from each example of `x`, with directions from a copy of `f`
-    whose ReLU-type activations are softplus with beta growing geometrically over `beta`; the value is a ratio of a real pair, in float64."""
+    whose ReLU-type activations are softplus with beta growing geometrically over `beta`; the value is a ratio of a real
+    pair, evaluated in float64."""
     _check_ascent(f, x, steps, lr, n_iter, beta)
     low = _vmap_refusal('f', lambda: _ascend(f, x, steps, lr, n_iter, beta))
     return LowerBound(_round_down(low.value, x.dtype), low.point, _round_down(low.start_value, x.dtype))

@@ -1,6 +1,6 @@
-"""lipnotes.certificates (and, until they move to their modules' files, activation_lipschitz and spectral_normalize): bad
-input is refused before any work, with the function and argument named; property tests of lower <= Lip <= upper against
-dense Jacobians (torch.func.jacrev)."""
+"""lipnotes.certificates (and, until they move to test_spectral.py, spectral_normalize's tests; activation_lipschitz's are
+in test_lipschitz.py): bad input is refused before any work, with the function and argument named; property tests of
+lower <= Lip <= upper against dense Jacobians (torch.func.jacrev)."""
 import copy
 import math
 
@@ -21,9 +21,6 @@ x4 = torch.randn(3, 4)
 
 
 @pytest.mark.parametrize("call, exc, words", [
-    (lambda: activation_lipschitz("relu"), TypeError, "activation_lipschitz: module must be a torch.nn.Module"),
-    (lambda: activation_lipschitz(nn.Linear(2, 2)), ValueError, "activation_lipschitz: Linear is not an activation"),
-    (lambda: activation_lipschitz(nn.Threshold(0.1, 0.0)), ValueError, "jumps"),
     (lambda: lipschitz_upper_bound("net"), TypeError, "lipschitz_upper_bound: model must be a torch.nn.Module"),
     (lambda: lipschitz_upper_bound(cnn), ValueError, "lipschitz_upper_bound: the model has Conv2d"),
     (lambda: lipschitz_upper_bound(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))), ValueError, "cannot bound layer '1' (LayerNorm)"),
@@ -451,21 +448,6 @@ def test_known_but_refused_activation_names_its_reason(act, reason):
         msg = str(e.value)
         assert msg.startswith(f"{fname}: ") and reason in msg, msg
         if fname != 'activation_lipschitz': assert f"layer '1' ({type(act).__name__})" in msg, msg
-
-
-def test_celu_negative_alpha_slope_is_unbounded():
-    "The reason is true: CELU(alpha=-1) has slope e^{-x} on x < 0 (e^8 at x = -8), so no constant exists."
-    t = torch.linspace(-8, 0, 8001, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(nn.CELU(alpha=-1.0)(t).sum(), t)
-    assert g[0].item() == pytest.approx(math.exp(8), rel=1e-9)
-
-
-def test_activation_lipschitz_takes_the_dtype():
-    assert activation_lipschitz(nn.Softplus(), torch.float32) == 1.0
-    assert activation_lipschitz(nn.Softplus(threshold=40.0)) == 1.0 == activation_lipschitz(nn.Softplus(threshold=40.0), torch.float64)
-    with pytest.raises(ValueError, match="^activation_lipschitz: module Softplus.*torch.float64.*2.06e-09"):
-        activation_lipschitz(nn.Softplus())
-    assert activation_lipschitz(nn.Hardshrink(0.0)) == 1.0 and activation_lipschitz(nn.Threshold(1.0, 1.0)) == 1.0   # continuous
 
 
 class _Big(nn.Linear):

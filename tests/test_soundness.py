@@ -26,7 +26,6 @@ found at 81a32c6. A failure message names the seed, the net and the input shape;
 """
 import copy
 import math
-import os
 import random
 import sys
 
