@@ -8,67 +8,90 @@ __all__ = ['gradient_norm_penalty', 'flooding', 'frozen_batchnorm_statistics', '
 
 # %% ../nbs/09_sharpness.ipynb #609cd918
 import contextlib
+import functools
 import math
 import torch
 from torch import nn
-from .lipschitz import _BATCHNORM
-from .spectral import _check_positive_float, _check_positive_int
+from .core import (BATCHNORM, check_bool, check_callable, check_module, check_positive_float, check_positive_int,
+                           check_real, check_tensor, fail, naming, public)
+from .spectral import power_method
 
 # %% ../nbs/09_sharpness.ipynb #f2043e84
-def _check_params(params, fname):
+def _check_params(params):
     "params as a list without repeats: non-empty, every one a tensor that requires grad."
     try: params = [params] if isinstance(params, torch.Tensor) else list(params)
-    except TypeError: raise TypeError(f"{fname}: params must be an iterable of tensors, got {type(params).__name__}") from None
+    except TypeError: raise fail(f"params must be an iterable of tensors, got {type(params).__name__}", TypeError) from None
     if not all(isinstance(p, torch.Tensor) for p in params):
-        raise TypeError(f"{fname}: params must be tensors, got {sorted({type(p).__name__ for p in params})}")
+        raise fail(f"params must be tensors, got {sorted({type(p).__name__ for p in params})}", TypeError)
     if not params or not all(p.requires_grad for p in params):
-        raise ValueError(f"{fname}: params must be a non-empty iterable of tensors that require grad")
+        raise fail("params must be a non-empty iterable of tensors that require grad")
     return list({id(p): p for p in params}.values())           # a tensor listed twice is one parameter
 
 def _zero_attached(params, dtype):
     "A 0 of `dtype` in the graph of `params`, so that autograd differentiates it (to 0) like any penalty."
     return sum((p.reshape(-1)[:0].sum() for p in params), torch.zeros((), dtype=dtype, device=params[0].device))
 
-def gradient_norm_penalty(loss: torch.Tensor, params) -> torch.Tensor:
+# %% ../nbs/09_sharpness.ipynb #f2043e85
+@public
+def gradient_norm_penalty(loss: torch.Tensor, # the scalar loss, computed from `params` (its graph kept)
+                          params, # the parameters theta: an iterable of tensors that require grad, or one tensor
+                         ) -> torch.Tensor: # 0-d ||grad_theta loss||, differentiable in params
     "||grad_theta loss|| over `params`, differentiable (double backprop): add lambda * it to the loss for the exact penalty."
-    fn = 'gradient_norm_penalty'
-    if not isinstance(loss, torch.Tensor) or not loss.is_floating_point():
-        raise TypeError(f"{fn}: loss must be a float tensor, got {loss.dtype if isinstance(loss, torch.Tensor) else type(loss).__name__}")
-    if loss.dim() != 0: raise ValueError(f"{fn}: loss must be a scalar float tensor, got shape {tuple(loss.shape)}")
-    params = _check_params(params, fn)
-    if not loss.is_meta and not torch.isfinite(loss): raise ValueError(f"{fn}: loss is NaN or Inf")
+    check_tensor(loss, 'loss', floating=True)
+    if loss.dim() != 0: raise fail(f"loss must be a scalar float tensor, got shape {tuple(loss.shape)}")
+    params = _check_params(params)
+    if not loss.is_meta and not torch.isfinite(loss): raise fail("loss is NaN or Inf")
     if not loss.requires_grad: return _zero_attached(params, loss.dtype)   # a loss constant in the parameters
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True, materialize_grads=True)
     norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))
     return norm + _zero_attached(params, norm.dtype)     # d/dtheta is 0, not an autograd error, where H has zero rows
 
-def flooding(loss: torch.Tensor, b: float) -> torch.Tensor:
+# %% ../nbs/09_sharpness.ipynb #f2043e86
+@public
+def flooding(loss: torch.Tensor, # the scalar (mean) training loss
+             b: float, # the flood level: a real number >= 0, or a 0-d real tensor
+            ) -> torch.Tensor: # |loss - b| + b, differentiable in loss
     "|loss - b| + b: descend while the loss is above the flood level b, ascend while it is below (Ishida et al.)."
-    if not isinstance(loss, torch.Tensor) or not loss.is_floating_point():
-        raise TypeError(f"flooding: loss must be a float tensor, got {type(loss).__name__ if not isinstance(loss, torch.Tensor) else loss.dtype}")
-    if loss.dim() != 0:
-        raise ValueError(f"flooding: loss must be the scalar (mean) training loss, got shape {tuple(loss.shape)}")
+    check_tensor(loss, 'loss', floating=True)
+    if loss.dim() != 0: raise fail(f"loss must be the scalar (mean) training loss, got shape {tuple(loss.shape)}")
     if isinstance(b, torch.Tensor) and b.dim() == 0 and not b.is_meta and b.dtype != torch.bool and not b.is_complex():
         b = b.item()                                             # a 0-d tensor flood level reads as its number
-    if isinstance(b, bool) or not isinstance(b, (int, float)):
-        raise TypeError(f"flooding: b must be a real number (or a 0-d real tensor), got {b!r}")
-    if not (math.isfinite(b) and b >= 0): raise ValueError(f"flooding: b must be a finite number >= 0, got {b!r}")
-    if not loss.is_meta and not torch.isfinite(loss): raise ValueError(f"flooding: loss is {loss.item()}, not finite")
+    b = check_real(b, 'b', 0)
+    if not loss.is_meta and not torch.isfinite(loss): raise fail(f"loss is {loss.item()}, not finite")
     return (loss - b).abs() + b
 
 # %% ../nbs/09_sharpness.ipynb #a67b245f
-@contextlib.contextmanager
-def frozen_batchnorm_statistics(model: nn.Module):
+@public
+def frozen_batchnorm_statistics(model: nn.Module, # the network whose BatchNorm running statistics are kept
+                               ) -> contextlib.AbstractContextManager:
     "Inside, `model`'s BatchNorm layers normalise with batch statistics as usual; their running statistics are restored on exit."
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"frozen_batchnorm_statistics: model must be a torch.nn.Module, got {type(model).__name__}")
-    saved = [(b, b.clone()) for m in model.modules() if isinstance(m, _BATCHNORM)
+    return _frozen(check_module(model))
+
+@contextlib.contextmanager
+def _frozen(model):
+    "Copy the running statistics on entry, write them back on exit (also on an exception)."
+    saved = [(b, b.clone()) for m in model.modules() if isinstance(m, BATCHNORM)
              for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     try: yield
     finally:
         with torch.no_grad():
             for buffer, copy in saved: buffer.copy_(copy)
 
+# %% ../nbs/09_sharpness.ipynb #a67b2450
+def _check_group(group):
+    "r, alpha and adaptive of one param group."
+    check_positive_float(group['r'], 'r'); check_real(group['alpha'], 'alpha', 0, 1); check_bool(group['adaptive'], 'adaptive')
+
+def _named(suffix=''):
+    "Decorate an optimizer's method: errors raised while it runs start with the optimizer's class name and `suffix`."
+    def decorate(f):
+        @functools.wraps(f)
+        def method(self, *args, **kwargs):
+            with naming(type(self).__name__ + suffix): return f(self, *args, **kwargs)
+        return method
+    return decorate
+
+# %% ../nbs/09_sharpness.ipynb #b1e7c0a6
 def _base_attribute(name):
     "The base optimizer's attribute `name`, looked up at every use (its load_state_dict rebinds it); the wrapper's own before the base exists."
     def get(self):
@@ -80,53 +103,36 @@ def _base_attribute(name):
         else: self.__dict__['_own_' + name] = value
     return property(get, set)
 
-def _check_group(group, name):
-    "r, alpha and adaptive of one param group."
-    _check_positive_float(group['r'], name, 'r')
-    a = group['alpha']
-    if isinstance(a, bool) or not isinstance(a, (int, float)): raise TypeError(f"{name}: alpha must be a number, got {a!r}")
-    if not 0 <= a <= 1:
-        raise ValueError(f"{name}: alpha must be a number in [0, 1], got {a!r}")
-    if not isinstance(group['adaptive'], bool):
-        raise TypeError(f"{name}: adaptive must be a bool, got {type(group['adaptive']).__name__}")
+def _attach_base(opt, base_optimizer, kwargs):
+    "Build base_optimizer on opt's param groups; from then on the two share one list of groups and one state."
+    try: base = base_optimizer(opt.param_groups, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise fail(f"base_optimizer {base_optimizer.__name__} refused its arguments: {e}", type(e)) from None
+    clash = sorted({'r', 'alpha', 'adaptive'} & set(base.defaults))
+    if clash:
+        raise fail(f"base_optimizer {base_optimizer.__name__} has its own hyperparameter(s) {clash}, which would read "
+                   f"{type(opt).__name__}'s param-group entries of the same name; use another base optimizer", TypeError)
+    del opt.__dict__['_own_param_groups'], opt.__dict__['_own_state']
+    opt.base_optimizer = base
+    opt.defaults.update(base.defaults)
 
-# %% ../nbs/09_sharpness.ipynb #b1e7c0a1
-class GradientNormPenalty(torch.optim.Optimizer):
-    "Descends L + lambda ||grad L|| (lambda = alpha r) with the gradient (1 - alpha) g(theta) + alpha g(theta + r g/||g||)."
+# %% ../nbs/09_sharpness.ipynb #b1e7c0a7
+class _OnBaseOptimizer(torch.optim.Optimizer):
+    "An optimizer whose param groups, state, state dict and their hooks are those of its `base_optimizer`."
     param_groups, state = _base_attribute('param_groups'), _base_attribute('state')   # one list, one state: the base's
-    _step_supports_amp_scaling = True          # torch.amp.GradScaler then hands step() the scale, which step refuses
 
-    def __init__(self, params, base_optimizer, r: float = 0.1, alpha: float = 0.8, adaptive: bool = False,
-                 model: nn.Module | None = None, **kwargs):
-        name = type(self).__name__
-        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
-            raise TypeError(f"{name}: base_optimizer must be an optimizer class such as torch.optim.SGD (its keyword "
-                            f"arguments go to {name}), got {base_optimizer!r}")
-        _check_group(dict(r=r, alpha=alpha, adaptive=adaptive), name)
-        if model is not None and not isinstance(model, nn.Module):
-            raise TypeError(f"{name}: model must be None or the torch.nn.Module being trained, got {type(model).__name__}")
-        try: super().__init__(params, dict(r=r, alpha=float(alpha), adaptive=adaptive, **kwargs))
-        except (TypeError, ValueError) as e: raise type(e)(f"{name}: params: {e}") from None
-        try: base = base_optimizer(self.param_groups, **kwargs)
-        except (TypeError, ValueError) as e:
-            raise type(e)(f"{name}: base_optimizer {base_optimizer.__name__} refused its arguments: {e}") from None
-        clash = sorted({'r', 'alpha', 'adaptive'} & set(base.defaults))
-        if clash:
-            raise TypeError(f"{name}: base_optimizer {base_optimizer.__name__} has its own hyperparameter(s) {clash}, which "
-                            f"would read {name}'s param-group entries of the same name; use another base optimizer")
-        del self.__dict__['_own_param_groups'], self.__dict__['_own_state']
-        self.base_optimizer, self.model = base, model
-        self.defaults.update(base.defaults)
-
-    def add_param_group(self, param_group):
+    @_named()
+    def add_param_group(self, param_group: dict, # 'params' and settings; r, alpha, adaptive default to the optimizer's
+                       ):
         "Add a group to the base optimizer (one list: the wrapper sees it), with r, alpha and adaptive checked."
         for k in ('r', 'alpha', 'adaptive'): param_group.setdefault(k, self.defaults[k])
-        _check_group(param_group, type(self).__name__)
+        _check_group(param_group)
         base = self.__dict__.get('base_optimizer')
         super().add_param_group(param_group) if base is None else base.add_param_group(param_group)
 
     def state_dict(self): return self.base_optimizer.state_dict()
-    def load_state_dict(self, state_dict): self.base_optimizer.load_state_dict(state_dict)
+    def load_state_dict(self, state_dict: dict, # a state dict from state_dict(): the base optimizer's
+                       ): self.base_optimizer.load_state_dict(state_dict)
     # hooks on state_dict/load_state_dict act on the base optimizer, whose methods run them
     def register_state_dict_pre_hook(self, *a, **k): return self.base_optimizer.register_state_dict_pre_hook(*a, **k)
     def register_state_dict_post_hook(self, *a, **k): return self.base_optimizer.register_state_dict_post_hook(*a, **k)
@@ -136,31 +142,64 @@ class GradientNormPenalty(torch.optim.Optimizer):
     def __getstate__(self):     # torch.optim keeps defaults, state and groups: state and groups live in base_optimizer
         return dict(defaults=self.defaults, base_optimizer=self.base_optimizer, model=self.model)   # hooks dropped, as torch does
 
+# %% ../nbs/09_sharpness.ipynb #b1e7c0a1
+class GradientNormPenalty(_OnBaseOptimizer):
+    "Descends L + lambda ||grad L|| (lambda = alpha r) with the gradient (1 - alpha) g(theta) + alpha g(theta + r g/||g||)."
+    _step_supports_amp_scaling = True          # torch.amp.GradScaler then hands step() the scale, which step refuses
+
+    @_named()
+    def __init__(self, params, # the parameters theta: an iterable of tensors, or of param-group dicts
+                 base_optimizer: type, # the optimizer class that steps, such as torch.optim.SGD (built on the same groups)
+                 r: float = 0.1, # the radius of the probe theta + e, ||e|| = r, > 0
+                 alpha: float = 0.8, # the weight of g(theta + e), in [0, 1]; the penalty weight is lambda = alpha r
+                 adaptive: bool = False, # ASAM's probe e = r |theta|^2 g / || |theta| g ||, elementwise
+                 model: nn.Module | None = None, # the model trained: its BatchNorm statistics are kept through the probe
+                 **kwargs, # the base optimizer's settings (lr, momentum, ...)
+                ):
+        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
+            raise fail(f"base_optimizer must be an optimizer class such as torch.optim.SGD (its keyword arguments go to "
+                       f"{type(self).__name__}), got {base_optimizer!r}", TypeError)
+        _check_group(dict(r=r, alpha=alpha, adaptive=adaptive))
+        if model is not None and not isinstance(model, nn.Module):
+            raise fail(f"model must be None or the torch.nn.Module being trained, got {type(model).__name__}", TypeError)
+        try: super().__init__(params, dict(r=r, alpha=float(alpha), adaptive=adaptive, **kwargs))
+        except (TypeError, ValueError) as e: raise fail(f"params: {e}", type(e)) from None
+        _attach_base(self, base_optimizer, kwargs)
+        self.model = model
+
 # %% ../nbs/09_sharpness.ipynb #b1e7c0a3
-@torch.no_grad()
-def _gnp_step(self, closure=None):
-    "Two closure calls, at theta and at theta + e; theta (and, on an error, g(theta)) restored in a `finally`."
-    name = type(self).__name__
-    if 'grad_scale' in self.__dict__ or 'found_inf' in self.__dict__:          # set by torch.amp.GradScaler.step
-        self.__dict__.pop('grad_scale', None); self.__dict__.pop('found_inf', None)
-        raise ValueError(f"{name}.step: torch.amp.GradScaler cannot drive {name}: it unscales and checks the gradient "
-                         f"once, before step, but {name} takes a second gradient inside step (its update would be the loss "
-                         "scale times too large). Call opt.step(closure) without a scaler: train in float32, or under "
-                         "torch.autocast with bfloat16, which needs no loss scaling")
+def _check_step(opt, closure):
+    "Refuse a GradScaler (it would unscale the first gradient only) and a missing or non-callable closure."
+    name = type(opt).__name__
+    if 'grad_scale' in opt.__dict__ or 'found_inf' in opt.__dict__:          # set by torch.amp.GradScaler.step
+        opt.__dict__.pop('grad_scale', None); opt.__dict__.pop('found_inf', None)
+        raise fail(f"torch.amp.GradScaler cannot drive {name}: it unscales and checks the gradient once, before step, but "
+                   f"{name} takes a second gradient inside step (its update would be the loss scale times too large). "
+                   "Call opt.step(closure) without a scaler: train in float32, or under torch.autocast with bfloat16, which "
+                   "needs no loss scaling")
     if closure is None:
-        raise ValueError(f"{name}.step: needs a closure that zeroes the gradients, computes the loss, calls backward() "
-                         "and returns the loss; step calls it twice")
-    if not callable(closure): raise TypeError(f"{name}.step: closure must be callable, got {type(closure).__name__}")
+        raise fail("needs a closure that zeroes the gradients, computes the loss, calls backward() and returns the loss; "
+                   "step calls it twice")
+    check_callable(closure, 'closure')
+
+# %% ../nbs/09_sharpness.ipynb #b1e7c0a8
+def _gradient_at_theta(opt, closure):
+    "The first closure call: the loss, [(group, its params that have a gradient)], and the norm of g over all of them."
     with torch.enable_grad(): loss = closure()
-    if loss is None: raise ValueError(f"{name}.step: the closure returned None; it must return the loss")
-    groups = [(g, [p for p in g['params'] if p.grad is not None]) for g in self.param_groups]
+    if loss is None: raise fail("the closure returned None; it must return the loss")
+    groups = [(g, [p for p in g['params'] if p.grad is not None]) for g in opt.param_groups]
     groups = [(g, ps) for g, ps in groups if ps]
-    if not groups: raise ValueError(f"{name}.step: no parameter has a gradient; call loss.backward() inside the closure")
+    if not groups: raise fail("no parameter has a gradient; call loss.backward() inside the closure")
     device = groups[0][1][0].device
     norm = torch.linalg.vector_norm(torch.stack([n.to(device) for g, ps in groups for n in torch._foreach_norm(
         [p.grad * p.abs() for p in ps] if g['adaptive'] else [p.grad for p in ps])]))
     if not norm.is_meta and not math.isfinite(norm.item()):          # one sync, as a hand-written SAM has
-        raise ValueError(f"{name}.step: the gradient at theta is NaN or Inf: the closure's loss or backward is not finite")
+        raise fail("the gradient at theta is NaN or Inf: the closure's loss or backward is not finite")
+    return loss, groups, norm
+
+# %% ../nbs/09_sharpness.ipynb #b1e7c0a9
+def _gradient_at_probe(opt, groups, norm, closure):
+    "theta + e, the second closure call, theta restored exactly: [(params, theta, g(theta), alpha)] per group."
     saved, done = [], False
     try:
         for g, ps in groups:
@@ -170,17 +209,27 @@ def _gnp_step(self, closure=None):
             if g['adaptive']: torch._foreach_mul_(e, [p * p for p in ps])
             torch._foreach_add_(ps, e)
             for p in ps: p.grad = None          # keep g(theta) aside: the second backward writes fresh tensors
-        frozen = frozen_batchnorm_statistics(self.model) if self.model is not None else contextlib.nullcontext()
+        frozen = frozen_batchnorm_statistics(opt.model) if opt.model is not None else contextlib.nullcontext()
         with torch.enable_grad(), frozen: loss_e = closure()
         if isinstance(loss_e, torch.Tensor) and loss_e.numel() == 1 and not loss_e.is_meta and not math.isfinite(loss_e.item()):
-            raise ValueError(f"{name}.step: the closure's loss at theta + e is {loss_e.item()}; theta and g(theta) are restored")
+            raise fail(f"the closure's loss at theta + e is {loss_e.item()}; theta and g(theta) are restored")
         done = True
     finally:                                    # also on an exception or KeyboardInterrupt in the second call
         for ps, thetas, g0, a in saved:
             torch._foreach_copy_(ps, thetas)    # theta exactly, not by subtracting e
             if not done:
                 for p, t in zip(ps, g0): p.grad = t      # the state after the first call: theta and g(theta)
-    for ps, thetas, g0, a in saved:
+    return saved
+
+# %% ../nbs/09_sharpness.ipynb #b1e7c0aa
+@torch.no_grad()
+@_named('.step')
+def _gnp_step(self, closure=None, # zeroes the gradients, computes the loss, calls backward() and returns the loss
+             ):
+    "Two closure calls, at theta and at theta + e; theta (and, on an error, g(theta)) restored in a `finally`."
+    _check_step(self, closure)
+    loss, groups, norm = _gradient_at_theta(self, closure)
+    for ps, thetas, g0, a in _gradient_at_probe(self, groups, norm, closure):
         g1 = [torch.zeros_like(p) if p.grad is None else p.grad for p in ps]
         if a < 1: torch._foreach_lerp_(g0, g1, a)          # (1 - a) g(theta) + a g(theta + e), in g0's tensors
         for p, t in zip(ps, g0 if a < 1 else g1): p.grad = t
@@ -189,67 +238,69 @@ def _gnp_step(self, closure=None):
 
 GradientNormPenalty.step = _gnp_step
 
+# %% ../nbs/09_sharpness.ipynb #b1e7c0ab
 class SAM(GradientNormPenalty):
     "Sharpness-aware minimisation: the gradient at theta + rho g/||g|| (GradientNormPenalty with r = rho, alpha = 1)."
-    def __init__(self, params, base_optimizer, rho: float = 0.05, adaptive: bool = False, model: nn.Module | None = None,
-                 **kwargs):
-        _check_positive_float(rho, 'SAM', 'rho')
+    @_named()
+    def __init__(self, params, # the parameters theta: an iterable of tensors, or of param-group dicts
+                 base_optimizer: type, # the optimizer class that steps, such as torch.optim.SGD (built on the same groups)
+                 rho: float = 0.05, # the radius of the probe theta + rho g/||g||, > 0
+                 adaptive: bool = False, # ASAM's probe rho |theta|^2 g / || |theta| g ||, elementwise
+                 model: nn.Module | None = None, # the model trained: its BatchNorm statistics are kept through the probe
+                 **kwargs, # the base optimizer's settings (lr, momentum, ...); not r or alpha
+                ):
+        check_positive_float(rho, 'rho')
         if 'r' in kwargs or 'alpha' in kwargs:
-            raise TypeError(f"SAM: takes rho (its r) and has alpha = 1; use GradientNormPenalty for r and alpha, got {sorted(kwargs)}")
+            raise fail(f"takes rho (its r) and has alpha = 1; use GradientNormPenalty for r and alpha, got {sorted(kwargs)}",
+                       TypeError)
         super().__init__(params, base_optimizer, r=rho, alpha=1.0, adaptive=adaptive, model=model, **kwargs)
 
 # %% ../nbs/09_sharpness.ipynb #8cf272dc
-def _hessian_vector_product(loss_fn, params, fn):
-    "v -> H v for the Hessian of loss_fn() in `params`, or None where H = 0 (the gradient is constant)."
+def _hessian_vector_product(loss_fn, params):
+    "v -> H v (lists like params) for the Hessian of loss_fn() in `params`, or None where H = 0 (the gradient is constant)."
     loss = loss_fn()
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.is_floating_point():
-        raise ValueError(f"{fn}: loss_fn() must return a scalar float tensor, got "
-                         f"{f'{loss.dtype} of shape {tuple(loss.shape)}' if isinstance(loss, torch.Tensor) else type(loss).__name__}")
-    if not torch.isfinite(loss): raise ValueError(f"{fn}: loss_fn() returned {loss.item()}, not a finite loss")
+        got = f'{loss.dtype} of shape {tuple(loss.shape)}' if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise fail(f"loss_fn() must return a scalar float tensor, got {got}")
+    if not torch.isfinite(loss): raise fail(f"loss_fn() returned {loss.item()}, not a finite loss")
     if not loss.requires_grad: return None                   # a loss constant in the parameters
     grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True, materialize_grads=True)
     live = [i for i, g in enumerate(grads) if g.requires_grad]   # the others are constant: zero rows of H
     if not live: return None
-    return lambda v: torch.autograd.grad([grads[i] for i in live], params, [v[i] for i in live], retain_graph=True,
-                                         allow_unused=True, materialize_grads=True)
+    return lambda v: list(torch.autograd.grad([grads[i] for i in live], params, [v[i] for i in live], retain_graph=True,
+                                              allow_unused=True, materialize_grads=True))
 
-def _unit(vs):
-    "vs / ||vs|| (over all tensors) and ||vs||."
-    n = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in vs]))
-    return [t / n.clamp_min(torch.finfo(n.dtype).tiny) for t in vs], n
+# %% ../nbs/09_sharpness.ipynb #8cf272dd
+def _check_start(v, params):
+    "The start vector: tensors shaped like params, real and finite, as a detached list on params' dtypes and devices."
+    try: v = list(v) if not isinstance(v, torch.Tensor) else [v]
+    except TypeError: raise fail(f"v must be a list of tensors shaped like params, got {type(v).__name__}", TypeError) from None
+    if len(v) != len(params) or not all(isinstance(t, torch.Tensor) and t.shape == p.shape for t, p in zip(v, params)):
+        raise fail(f"v must be tensors shaped like params {[tuple(p.shape) for p in params]}")
+    if any(t.is_complex() or t.dtype == torch.bool or t.is_meta for t in v):
+        raise fail(f"v must be real tensors with values, got {sorted({f'{t.dtype} on {t.device}' for t in v})}", TypeError)
+    v = [t.detach().to(p) for t, p in zip(v, params)]
+    if not all(torch.isfinite(t).all() for t in v): raise fail("v must be finite, it contains NaN or Inf")
+    return v
 
 # %% ../nbs/09_sharpness.ipynb #b1e7c0b1
-def hessian_top_eigenvalue(loss_fn, params, n_iter: int = 50, v=None) -> torch.Tensor:
+@public
+def hessian_top_eigenvalue(loss_fn, # () -> the scalar loss, computed from `params` (called once)
+                           params, # the parameters theta: an iterable of tensors that require grad, or one tensor
+                           n_iter: int = 50, # the number of power steps (Hessian-vector products)
+                           v=None, # the start: tensors shaped like params (None: a random normal start)
+                          ) -> torch.Tensor: # 0-d: the eigenvalue of largest magnitude, with the sign of v^T H v
     "The largest-magnitude eigenvalue of the Hessian of loss_fn() in `params`, by power iteration on Hessian-vector products."
-    fn = 'hessian_top_eigenvalue'
-    if not callable(loss_fn): raise TypeError(f"{fn}: loss_fn must be callable with no arguments, got {type(loss_fn).__name__}")
-    _check_positive_int(n_iter, fn, 'n_iter')
-    params = _check_params(params, fn)
+    check_callable(loss_fn, 'loss_fn', 'callable with no arguments'); n_iter = check_positive_int(n_iter, 'n_iter')
+    params = _check_params(params)
     if any(p.is_meta or p.is_complex() or not p.is_floating_point() for p in params):
-        raise ValueError(f"{fn}: params must be real floating-point tensors with values (not meta), got "
-                         f"{sorted({f'{p.dtype} on {p.device}' for p in params})}")
-    if v is not None:
-        try: v = list(v) if not isinstance(v, torch.Tensor) else [v]
-        except TypeError: raise TypeError(f"{fn}: v must be a list of tensors shaped like params, got {type(v).__name__}") from None
-        if len(v) != len(params) or not all(isinstance(t, torch.Tensor) and t.shape == p.shape for t, p in zip(v, params)):
-            raise ValueError(f"{fn}: v must be tensors shaped like params {[tuple(p.shape) for p in params]}")
-        if any(t.is_complex() or t.dtype == torch.bool or t.is_meta for t in v):
-            raise TypeError(f"{fn}: v must be real tensors with values, got {sorted({f'{t.dtype} on {t.device}' for t in v})}")
-        v = [t.detach().to(p) for t, p in zip(v, params)]
-        if not all(torch.isfinite(t).all() for t in v): raise ValueError(f"{fn}: v must be finite, it contains NaN or Inf")
-    zero = torch.zeros((), dtype=params[0].dtype, device=params[0].device)
+        raise fail(f"params must be real floating-point tensors with values (not meta), got "
+                   f"{sorted({f'{p.dtype} on {p.device}' for p in params})}")
+    if v is not None: v = _check_start(v, params)
     with torch.enable_grad():
-        hvp = _hessian_vector_product(loss_fn, params, fn)
-        if hvp is None: return zero                              # H = 0
-        v, _ = _unit(v if v is not None else [torch.randn_like(p) for p in params])
-        hv, s = _unit(hvp(v))
-        if s == 0:                           # a zero start or one in H's null space: restart from a random vector
-            v = _unit([torch.randn_like(p) for p in params])[0]  # the new start: the sign is read against it
-            hv, s = _unit(hvp(v))
-            if s == 0: return zero                               # H v = 0 for a random v: H = 0 (almost surely)
-        for _ in range(n_iter - 1):
-            v = [t.detach() for t in hv]
-            hv, s = _unit(hvp(v))
-    s, rayleigh = s.detach(), sum((a * b).sum() for a, b in zip(hv, v)).detach()   # ||H v|| and sign(v^T H v)
-    if not torch.isfinite(s): raise ValueError(f"{fn}: the Hessian-vector product is not finite (it overflows {s.dtype})")
-    return torch.where(rayleigh < 0, -s, s)
+        hvp = _hessian_vector_product(loss_fn, params)
+        if hvp is None: return torch.zeros((), dtype=params[0].dtype, device=params[0].device)    # H = 0
+        start = v if v is not None else [torch.randn_like(p) for p in params]
+        r = power_method(hvp, start, n_iter, restart=lambda: [torch.randn_like(p) for p in params])
+    if not torch.isfinite(r.sigma): raise fail(f"the Hessian-vector product is not finite (it overflows {r.sigma.dtype})")
+    return r.sigma.detach()
