@@ -136,6 +136,7 @@ class PowerIteration(NamedTuple):
 # %% ../nbs/04_power_iteration.ipynb #pi000002
 _HALF = (torch.float16, torch.bfloat16)
 
+@torch.no_grad()
 def _power_steps(W, u, n_iter):
     "sigma, u, v of power_iteration on checked arguments: the method on (W^T, W) from u, in float32 for half precision."
     if W.dtype in _HALF: return [t.to(W.dtype) for t in _power_steps(W.float(), u.float(), n_iter)]
@@ -291,11 +292,10 @@ def conv_operator_norm(weight: torch.Tensor, # the kernel (C_out, C_in / groups,
         r = _power_method(adjoint, unit(forward(unit(x))), n_iter, forward, tol=tol, restart=random_start)
     return OperatorNorm(r.sigma.to(weight.dtype), r.v[0].to(weight.dtype), r.u[0].to(weight.dtype), r.steps)
 
-# %% ../nbs/04_power_iteration.ipynb #e9e71c39
-_PENALTY_VECTORS = weakref.WeakKeyDictionary()   # layer module -> (u, v)
+# %% ../nbs/04_power_iteration.ipynb #2287f3ad
+_PENALTY_VECTORS = weakref.WeakKeyDictionary()   # layer module -> (u, v): the model's state_dict stays as it is
 _WARMUP_STEPS = 15
 
-# %% ../nbs/04_power_iteration.ipynb #2287f3ad
 @public
 def spectral_penalty(model: nn.Module, # the network: its Linear and Conv layers' weight matrices are penalised
                     ) -> torch.Tensor:
