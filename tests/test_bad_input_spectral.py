@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipnotes.spectral import (SpectralNormalization, conv_operator_norm, power_iteration, spectral_normalize,
+from lipnotes.spectral import (SpectralNormalization, conv_operator_norm, power_iteration, power_method, spectral_normalize,
                                spectral_penalty)
 
 W = torch.randn(5, 4)
@@ -28,7 +28,24 @@ def _scalar_module():
     m = nn.Module(); m.weight = nn.Parameter(torch.tensor(3.0)); return m
 
 
+ident = lambda x: x
 CASES = [  # (call, exception, function name, argument name / fragment)
+    # power_method
+    (lambda: power_method("A", torch.ones(3), 3), TypeError, 'power_method', 'apply must be callable'),
+    (lambda: power_method(ident, [[1.0]], 3), TypeError, 'power_method', 'v must be a torch.Tensor'),
+    (lambda: power_method(ident, torch.ones(3, dtype=torch.int64), 3), TypeError, 'power_method', 'v must have a real floating dtype'),
+    (lambda: power_method(ident, torch.empty(3, **META), 3), ValueError, 'power_method', 'v is a meta tensor'),
+    (lambda: power_method(ident, [torch.ones(2), torch.ones(2, dtype=torch.int32)], 3), TypeError, 'power_method', 'v must have a real floating'),
+    (lambda: power_method(ident, torch.ones(3), 0), ValueError, 'power_method', 'n_iter must be >= 1'),
+    (lambda: power_method(ident, torch.ones(3), 2.0), TypeError, 'power_method', 'n_iter must be an int'),
+    (lambda: power_method(ident, torch.ones(3), 3, adjoint=1), TypeError, 'power_method', 'adjoint must be callable'),
+    (lambda: power_method(ident, torch.ones(3), 3, tol=0.0), ValueError, 'power_method', 'tol must be positive'),
+    (lambda: power_method(ident, torch.ones(3), 3, tol=float('nan')), ValueError, 'power_method', 'tol must be positive'),
+    (lambda: power_method(ident, torch.ones(3), 3, tol=1e-6, every=0), ValueError, 'power_method', 'every must be >= 1'),
+    (lambda: power_method(ident, torch.ones(3), 3, restart='r'), TypeError, 'power_method', 'restart must be callable'),
+    (lambda: power_method(ident, torch.ones(3), 3, dim=0), ValueError, 'power_method', 'dim must be one of None, -1'),
+    (lambda: power_method(ident, torch.ones(3), 3, ident, u=torch.ones(3, dtype=torch.int64)), TypeError, 'power_method', 'u must have a real floating'),
+    (lambda: power_method(ident, [torch.ones(3)], 3, dim=-1), ValueError, 'power_method', 'a list v is one vector'),
     # power_iteration
     (lambda: power_iteration(torch.empty(5, 4, **META)), ValueError, 'power_iteration', 'W is a meta tensor'),
     (lambda: power_iteration(W, u=torch.empty(5, **META)), ValueError, 'power_iteration', 'u must have shape'),

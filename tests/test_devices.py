@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from lipnotes.norms import frobenius_lipschitz_bound, l2_penalty, weight_matrices
-from lipnotes.spectral import conv_operator_norm, power_iteration, spectral_penalty
+from lipnotes.spectral import conv_operator_norm, power_iteration, power_method, spectral_normalize, spectral_penalty
 
 devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 if not torch.cuda.is_available():
@@ -44,6 +44,37 @@ def test_conv_operator_norm_device_dtype(device, dtype, rtol):
     c = w[0, 0, 0, 0].double().item()
     closed = c * (1 + 2 * torch.cos(torch.tensor(torch.pi / 9, dtype=torch.float64))).item() ** 2
     assert abs(res.sigma.double().item() - closed) <= rtol * closed
+
+
+@pytest.mark.parametrize('device', devices)
+@pytest.mark.parametrize('dtype, rtol', [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_power_method_device_dtype(device, dtype, rtol):
+    "Both forms, with and without tol and restart: results on the input's device and dtype, against torch.linalg."
+    g = torch.Generator().manual_seed(1)
+    A = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    H = A.T @ A - 2 * torch.eye(5, dtype=torch.float64)
+    lam = torch.linalg.eigvalsh(H); top = lam[lam.abs().argmax()]
+    A, H = A.to(device=device, dtype=dtype), H.to(device=device, dtype=dtype)
+    v0 = torch.randn(5, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    restart = lambda: torch.randn(7, dtype=dtype, device=device)
+    for kw in (dict(), dict(tol=1e-12), dict(restart=restart), dict(tol=1e-12, restart=restart, every=5)):
+        r = power_method(A.__matmul__, v0, 3000, A.T.__matmul__, **kw)
+        for t in (r.sigma, r.u, r.v): assert t.device.type == device and t.dtype == dtype
+        assert torch.isclose(r.sigma.double().cpu(), torch.linalg.svdvals(A.double().cpu())[0], rtol=rtol)
+    r = power_method(H.__matmul__, v0, 3000)
+    assert r.sigma.device.type == device and torch.isclose(r.sigma.double().cpu(), top, rtol=rtol)
+
+
+@pytest.mark.parametrize('device', devices)
+def test_spectral_normalize_device(device):
+    torch.manual_seed(2)
+    conv = spectral_normalize(nn.Conv2d(2, 3, 3, padding=1).to(device), mode='operator', input_shape=(2, 6, 6))
+    lin = spectral_normalize(nn.Linear(5, 4).to(device))
+    conv(torch.randn(2, 2, 6, 6, device=device)); lin(torch.randn(2, 5, device=device))
+    for m in (conv, lin):
+        sn = m.parametrizations.weight[0]
+        assert sn._u.device.type == device and sn._v.device.type == device and m.weight.device.type == device
+    assert torch.isclose(torch.linalg.matrix_norm(lin.weight.detach().double().cpu(), 2), torch.tensor(1.0, dtype=torch.float64), rtol=1e-4)
 
 
 @pytest.mark.parametrize('device', devices)

@@ -7,7 +7,7 @@ from torch import nn
 from torch.func import jacrev, vmap
 
 from lipnotes.norms import conv_overlap_factor, frobenius_lipschitz_bound, weight_matrices
-from lipnotes.spectral import conv_operator_norm, power_iteration
+from lipnotes.spectral import conv_operator_norm, power_iteration, power_method
 
 dims = st.integers(1, 12)
 seeds = st.integers(0, 2**31 - 1)
@@ -54,6 +54,16 @@ def test_power_iteration_converges_on_spread_spectra(m, n, batch, seed):
     W = U @ S @ V.mT
     sigma, _, _ = power_iteration(W, n_iter=150, u=torch.randn(batch, m, generator=g, dtype=torch.float64))
     assert torch.allclose(sigma, torch.linalg.matrix_norm(W, 2), rtol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=dims, k=st.integers(1, 6), seed=seeds)
+def test_symmetric_power_method_never_exceeds_the_extreme_eigenvalue(n, k, seed):
+    "Symmetric A, any start, any number of steps: |sigma| <= max |lambda_i|, and |sigma| = |u^T A v| (eigvalsh reference)."
+    S = torch.randn(n, n, generator=gen(seed), dtype=torch.float64); S = S + S.T
+    r = power_method(S.__matmul__, torch.randn(n, generator=gen(seed + 1), dtype=torch.float64), k)
+    assert r.sigma.abs() <= torch.linalg.eigvalsh(S).abs().max() * (1 + 1e-12)
+    assert torch.isclose(r.u @ S @ r.v, r.sigma.abs(), rtol=1e-10, atol=1e-300)
 
 
 @settings(max_examples=25, deadline=None)

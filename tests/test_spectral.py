@@ -180,3 +180,145 @@ def test_two_forwards_share_one_backward():
         shape = (2, 4) if isinstance(layer, nn.Linear) else (2, 1, 5, 5)
         (layer(torch.randn(shape)).sum() - layer(torch.randn(shape)).sum()).backward()
         assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
+
+
+# ---- issue 15: the one power method ----------------------------------------------------------------------------------
+from torch.func import jacrev, jvp, vjp, vmap
+
+from lipnotes.spectral import (ConvGeometry, ConvMaps, PowerIteration, PowerMethod, conv_geometry, conv_maps,
+                               power_method)
+
+
+def matrix_maps(A):
+    "x -> A x and y -> A^T y for a matrix or a batch of matrices (vectors along the last dimension)."
+    return dict(apply=lambda x: (A @ x.unsqueeze(-1)).squeeze(-1), adjoint=lambda y: (A.mT @ y.unsqueeze(-1)).squeeze(-1))
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("m, n, rank", [(9, 7, None), (7, 9, None), (12, 10, 3), (6, 6, 1)])
+def test_power_method_matches_svdvals(m, n, rank):
+    g = gen(m * 100 + n)
+    A = torch.randn(m, n, dtype=torch.float64, generator=g)
+    if rank: A = torch.randn(m, rank, dtype=torch.float64, generator=g) @ torch.randn(rank, n, dtype=torch.float64, generator=g)
+    r = power_method(v=torch.randn(n, dtype=torch.float64, generator=g), n_iter=5000, tol=1e-15, **matrix_maps(A))
+    assert isinstance(r, PowerMethod) and isinstance(r.steps, int) and r.steps <= 5000
+    assert torch.isclose(r.sigma, torch.linalg.svdvals(A)[0], rtol=1e-9)
+    assert torch.isclose(r.u @ A @ r.v, r.sigma, rtol=1e-12)                          # attained by the returned pair
+    assert torch.isclose(r.u.norm(), torch.tensor(1.0, dtype=torch.float64)) and torch.isclose(r.v.norm(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_power_method_batched_each_member_its_own_answer():
+    g = gen(1)
+    A = torch.randn(6, 5, 8, dtype=torch.float64, generator=g)
+    r = power_method(v=torch.randn(6, 8, dtype=torch.float64, generator=g), n_iter=2000, dim=-1, **matrix_maps(A))
+    assert r.sigma.shape == (6,) and r.u.shape == (6, 5) and r.v.shape == (6, 8)
+    assert torch.allclose(r.sigma, torch.linalg.svdvals(A)[:, 0], rtol=1e-9)
+    for k in (1, 2, 3):                                                                # never above sigma_1, any step
+        s = power_method(v=torch.randn(6, 8, dtype=torch.float64, generator=g), n_iter=k, dim=-1, **matrix_maps(A)).sigma
+        assert (s <= torch.linalg.svdvals(A)[:, 0] * (1 + 1e-12)).all()
+
+
+@pytest.mark.parametrize("eigs", [[-5.0, 3.0, 2.0, -1.0, 0.0], [4.0, -2.0, 1.0, 0.5, 0.1], [-1.0, -0.9, 0.3, 0.2, 0.0]])
+def test_power_method_symmetric_indefinite_matches_eigvalsh(eigs):
+    g = gen(2)
+    Q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=g))
+    H = Q @ torch.diag(torch.tensor(eigs, dtype=torch.float64)) @ Q.T
+    lam = torch.linalg.eigvalsh(H)
+    top = lam[lam.abs().argmax()]
+    r = power_method(lambda x: H @ x, torch.randn(5, dtype=torch.float64, generator=g), 3000, tol=1e-15)
+    assert torch.isclose(r.sigma, top, rtol=1e-6) and torch.sign(r.sigma) == torch.sign(top)
+    assert torch.isclose((r.u @ H @ r.v).abs(), r.sigma.abs(), rtol=1e-12)
+    pieces = power_method(lambda p: list((H @ torch.cat(p)).split([2, 3])),                      # one vector in pieces
+                          list(torch.randn(5, dtype=torch.float64, generator=g).split([2, 3])), 3000)
+    assert torch.isclose(pieces.sigma, top, rtol=1e-6) and [t.shape for t in pieces.v] == [(2,), (3,)]
+
+
+def test_power_method_zero_operator_and_null_space_start():
+    g = gen(3)
+    Z = torch.zeros(4, 3, dtype=torch.float64)
+    r = power_method(v=torch.randn(3, dtype=torch.float64, generator=g), n_iter=5, **matrix_maps(Z),
+                     restart=lambda: torch.randn(4, dtype=torch.float64, generator=g))
+    assert r.sigma == 0 and math.isclose(r.u.norm().item(), 1) and math.isclose(r.v.norm().item(), 1)
+    r = power_method(v=torch.randn(3, dtype=torch.float64, generator=g), n_iter=5, **matrix_maps(Z))   # no restart: zeros kept
+    assert r.sigma == 0 and torch.isfinite(r.u).all() and torch.isfinite(r.v).all()
+    A = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 2.0]], dtype=torch.float64)                 # A (1, 1, 0) = 0
+    null = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    for tol in (None, 1e-14):
+        r = power_method(v=null, n_iter=200, tol=tol, **matrix_maps(A), restart=lambda: torch.randn(2, dtype=torch.float64, generator=g))
+        assert torch.isclose(r.sigma, torch.linalg.svdvals(A)[0], rtol=1e-9)
+    D = torch.diag(torch.tensor([-3.0, 0.0], dtype=torch.float64))                              # symmetric, D e2 = 0
+    for n_iter in (1, 20):                                # one step: -||D r|| for the fresh r, read against r itself
+        r = power_method(lambda x: D @ x, torch.tensor([0.0, 1.0], dtype=torch.float64), n_iter,
+                         restart=lambda: torch.randn(2, dtype=torch.float64, generator=g))
+        assert r.sigma == -3.0 if n_iter > 1 else -3.0 < r.sigma < 0
+
+
+def test_power_method_restart_leaves_other_batch_members_alone():
+    g = gen(4)
+    A = torch.randn(3, 4, 4, dtype=torch.float64, generator=g); A[1] = 0
+    v0 = torch.randn(3, 4, dtype=torch.float64, generator=g)
+    with_restart = power_method(v=v0, n_iter=30, dim=-1, **matrix_maps(A), restart=lambda: torch.randn(3, 4, dtype=torch.float64, generator=g))
+    without = power_method(v=v0, n_iter=30, dim=-1, **matrix_maps(A))
+    assert with_restart.sigma[1] == 0 and torch.equal(with_restart.sigma[[0, 2]], without.sigma[[0, 2]])
+
+
+def test_power_method_keeps_the_callers_vectors_on_a_zero_product():
+    "spectral normalisation's rule: a zero weight leaves u and v as they were."
+    u, v = torch.tensor([0.6, 0.8], dtype=torch.float64), torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    r = power_method(v=v, n_iter=3, u=u, **matrix_maps(torch.zeros(2, 3, dtype=torch.float64)))
+    assert torch.equal(r.u, u) and torch.equal(r.v, v) and r.sigma == 0
+
+
+def test_power_method_tol_and_every():
+    g = gen(5)
+    A = torch.randn(20, 20, dtype=torch.float64, generator=g)
+    exact = torch.linalg.svdvals(A)[0]
+    r1 = power_method(v=torch.ones(20, dtype=torch.float64), n_iter=100_000, tol=1e-10, **matrix_maps(A))
+    r10 = power_method(v=torch.ones(20, dtype=torch.float64), n_iter=100_000, tol=1e-10, every=10, **matrix_maps(A))
+    assert r1.steps < 100_000 and r10.steps % 10 == 0 and r10.steps >= r1.steps
+    assert (exact - r10.sigma) <= (exact - r1.sigma) * (1 + 1e-12)                            # a round is the stricter test
+    fixed = power_method(v=torch.ones(20, dtype=torch.float64), n_iter=r1.steps, **matrix_maps(A))
+    assert torch.equal(fixed.sigma, r1.sigma)                                                  # the same steps, the same numbers
+
+
+def test_power_method_under_vmap_per_example_jacobian_norms():
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 4)).double()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    f = lambda z: net(z.unsqueeze(0)).squeeze(0)
+    def one(xi, vi):
+        _, pullback = vjp(f, xi)
+        r = power_method(lambda t: jvp(f, (xi,), (t,))[1], vi, 200, adjoint=lambda y: pullback(y)[0])
+        return r.sigma, r.v
+    with torch.no_grad(): sigma, v = vmap(one)(x, torch.randn(5, 6, dtype=torch.float64))
+    J = vmap(jacrev(f))(x)
+    assert torch.allclose(sigma, torch.linalg.matrix_norm(J, 2), rtol=1e-9)
+    assert torch.allclose(torch.linalg.vector_norm(v, dim=-1), torch.ones(5, dtype=torch.float64))
+
+
+def test_power_iteration_is_a_named_tuple_that_unpacks():
+    W = torch.randn(5, 4, dtype=torch.float64)
+    res = power_iteration(W, 200)
+    assert isinstance(res, PowerIteration) and res._fields == ('sigma', 'u', 'v')
+    sigma, u, v = res
+    assert torch.equal(sigma, res.sigma) and torch.isclose(torch.linalg.vector_norm(W @ v), sigma)
+    Wg = W.clone().requires_grad_()
+    assert not power_iteration(Wg, 5).sigma.requires_grad                                     # runs without autograd
+
+
+def test_conv_geometry_and_conv_maps():
+    geo = conv_geometry(nn.Conv2d(2, 4, (3, 5), padding='same', dilation=(1, 2), groups=2, padding_mode='circular'))
+    assert isinstance(geo, ConvGeometry) and geo == ((1, 1), (1, 4), (1, 2), 2, 'circular')
+    assert conv_geometry(nn.Conv2d(1, 1, 3, stride=2, padding='valid')).padding == (0, 0)
+    torch.manual_seed(7)
+    w = torch.randn(4, 1, 3, 5, dtype=torch.float64)
+    maps = conv_maps(w, (2, 6, 9), geo)
+    assert isinstance(maps, ConvMaps) and maps.output_shape == (4, 6, 9)
+    dense = torch.func.jacrev(lambda x: maps.forward(x.unsqueeze(0))[0])(torch.zeros(2, 6, 9, dtype=torch.float64)).reshape(4 * 54, -1)
+    y = torch.randn(1, 4, 6, 9, dtype=torch.float64)
+    assert torch.allclose(maps.adjoint(y).flatten(), dense.T @ y.flatten(), atol=1e-12)      # the adjoint is the transpose
+    res = conv_operator_norm(w, (2, 6, 9), *geo, tol=1e-14, n_iter=20_000)                   # a ConvGeometry spreads into it
+    assert torch.isclose(res.sigma, torch.linalg.matrix_norm(dense, 2), rtol=1e-6)
