@@ -48,9 +48,11 @@ critic = nn.Linear(5, 1)
     (lambda: wgan_gradient_penalty(critic, x, torch.full_like(x, float('nan'))), ValueError, "fake contains NaN"),
     (lambda: wgan_gradient_penalty(lambda z: z, x, x), ValueError, "critic must return one score per sample"),
     (lambda: wgan_gradient_penalty(critic, x, x, target=0.0), ValueError, "target must be positive"),
-    (lambda: wgan_gradient_penalty(critic, x, x, alpha=torch.full((6,), 2.0)), ValueError, "alpha must have shape (6,) with values in [0, 1]"),
+    (lambda: wgan_gradient_penalty(critic, x, x, alpha=torch.full((6,), 2.0)), ValueError,
+     "alpha must have shape (6,) with values in [0, 1]"),
     (lambda: wgan_gradient_penalty("critic", x, x), TypeError, "critic must be callable"),
-    (lambda: embedding_fgm(lambda: loss(x), nn.Embedding(3, 2), 0.1), ValueError, "module must run exactly once inside loss_fn(), it ran 0"),
+    (lambda: embedding_fgm(lambda: loss(x), nn.Embedding(3, 2), 0.1), ValueError,
+     "module must run exactly once inside loss_fn(), it ran 0"),
     (lambda: embedding_fgm(lambda: loss(x), "embed", 0.1), TypeError, "embedding_fgm: module must be a torch.nn.Module"),
     (lambda: embedding_fgm(lambda: loss(x), net[0], -1.0), ValueError, "embedding_fgm: eps must be finite and >= 0"),
 ])

@@ -1,7 +1,5 @@
 """Bad input to every export of lipnotes.data: each case ends in a ValueError/TypeError whose message starts with the
 public name the user called and names the argument, or in a result checked against an independent reference."""
-import math
-
 import numpy as np
 import pytest
 import torch

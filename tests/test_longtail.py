@@ -122,7 +122,8 @@ def test_long_tailed_profile_and_determinism():
     (lambda: posthoc_adjust(X, P4[:2] / P4[:2].sum()), ValueError, "posthoc_adjust: priors must have shape (4,)"),
     (lambda: balanced_error(torch.tensor([0, 1]), torch.tensor([0, 0]), 2), ValueError, "balanced_error: classes [1] have no examples"),
     (lambda: balanced_error(torch.tensor([0, 1, 1]), torch.tensor([0, 1]), 2), ValueError, "balanced_error: pred and target must be"),
-    (lambda: per_class_error(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), 2), ValueError, "per_class_error: floating pred must be logits"),
+    (lambda: per_class_error(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), 2), ValueError,
+     "per_class_error: floating pred must be logits"),
     (lambda: long_tailed((X, T), 0.5), ValueError, "long_tailed: imbalance must lie in"),
     (lambda: long_tailed((X, T.double()), 10.0), ValueError, "long_tailed: y must be 1-D int64"),
     (lambda: long_tailed(X, 10.0), TypeError, "long_tailed: dataset must be a pair"),
@@ -164,7 +165,8 @@ def test_any_non_finite_logit_is_refused_by_the_loss():
     assert F.cross_entropy(x, torch.tensor([0])).item() == 0                 # finite: the old code returned it
     for call, name in [(lambda: logit_adjusted_loss(x, torch.tensor([0]), torch.tensor([0.5, 0.5])), 'logit_adjusted_loss'),
                        (lambda: LogitAdjustedLoss(torch.tensor([0.5, 0.5]))(x, torch.tensor([0])), 'LogitAdjustedLoss'),
-                       (lambda: logit_adjusted_loss(x, torch.tensor([[1.0, 0.0]]), torch.tensor([0.5, 0.5]), tau=0), 'logit_adjusted_loss')]:
+                       (lambda: logit_adjusted_loss(x, torch.tensor([[1.0, 0.0]]), torch.tensor([0.5, 0.5]), tau=0),
+                        'logit_adjusted_loss')]:
         with pytest.raises(ValueError, match=rf"^{name}: logits contain inf or -inf"):
             call()
 
