@@ -85,17 +85,20 @@ def _check_step(critic, opt, real, fake):
                    f"{real.device} and {tuple(fake.shape)} {fake.dtype} on {fake.device}")
 
 # %% ../nbs/10_wgan.ipynb #e0328dcd
+def _check_finite(real, fake):
+    for x, name in ((real, 'real'), (fake, 'fake')):
+        if not torch.isfinite(x).all(): raise fail(f"{name} contains NaN or Inf")
+
 def _critic_loss(critic, real, fake):
-    "E_g f - E_r f from one forward on fake and real together, once both are known to be finite."
-    x = torch.cat([fake, real])
-    if not torch.isfinite(x).all(): raise fail(f"{'fake' if torch.isfinite(real).all() else 'real'} contains NaN or Inf")
-    scores = critic(x)
+    "E_g f - E_r f from one forward on fake and real together."
+    scores = critic(torch.cat([fake, real]))
     return scores[:len(real)].mean() - scores[len(real):].mean()
 
-def _descend(opt, loss, critic_loss, penalty=None):
-    "A step on `loss` if it is finite, and the CriticStep."
+def _descend(opt, loss, critic_loss, real, fake, penalty=None):
+    "A step on `loss` if it is finite; if not, a batch with NaN or Inf is refused (only the weights may overflow)."
     stepped = bool(torch.isfinite(loss))
     if stepped: opt.zero_grad(); loss.backward(); opt.step()
+    else: _check_finite(real, fake)                   # checked only here: a NaN or Inf in a batch reaches the loss
     return CriticStep(loss.detach(), -critic_loss.detach(), None if penalty is None else penalty.detach(), stepped)
 
 @public
@@ -107,7 +110,7 @@ def wasserstein_step(critic: nn.Module, # the critic, trained in place
     "One critic update on E_g f - E_r f with no constraint of its own: the unconstrained ('plain') critic's step."
     _check_step(critic, opt, real, fake)
     w = _critic_loss(critic, real, fake)
-    return _descend(opt, w, w)
+    return _descend(opt, w, w, real, fake)
 
 # %% ../nbs/10_wgan.ipynb #65b87504
 @public
@@ -123,7 +126,7 @@ def clipping_step(critic: nn.Module, # the critic, trained in place
 
 def _clipping_step(critic, opt, real, fake, c):
     w = _critic_loss(critic, real, fake)
-    result = _descend(opt, w, w)
+    result = _descend(opt, w, w, real, fake)
     if result.stepped: _clamp(critic, c)
     return result
 
@@ -149,8 +152,9 @@ def gradient_penalty_step(critic: nn.Module, # the critic, trained in place
 
 def _penalty_step(critic, opt, real, fake, alpha, lam, one_sided):
     w = _critic_loss(critic, real, fake)
+    if not torch.isfinite(w): _check_finite(real, fake)     # before the penalty, which would name itself
     penalty = wgan_gradient_penalty(critic, real, fake, one_sided=one_sided, alpha=alpha)
-    return _descend(opt, w + lam * penalty, w, penalty)
+    return _descend(opt, w + lam * penalty, w, real, fake, penalty)
 
 # %% ../nbs/10_wgan.ipynb #036d320d
 def _check_normalized(critic):
@@ -166,7 +170,7 @@ def spectral_normalization_step(critic: nn.Module, # a critic with `spectral_nor
     "One critic update on E_g f - E_r f through the normalised weights; the training-mode forward takes the power steps."
     _check_step(critic, opt, real, fake); _check_normalized(critic)
     w = _critic_loss(critic, real, fake)
-    return _descend(opt, w, w)
+    return _descend(opt, w, w, real, fake)
 
 # %% ../nbs/10_wgan.ipynb #8fd5f095
 @public
@@ -185,4 +189,4 @@ def critic_step(kind: str, # one of KINDS, the kind `make_critic` built the crit
         return _penalty_step(critic, opt, real, fake, alpha, LAMBDA, kind == 'GP one-sided')
     if kind.startswith('SN'): _check_normalized(critic)
     w = _critic_loss(critic, real, fake)
-    return _descend(opt, w, w)
+    return _descend(opt, w, w, real, fake)
