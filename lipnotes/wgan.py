@@ -56,7 +56,7 @@ def make_critic(kind: str, # one of KINDS: 'plain', 'clip', 'GP', 'GP one-sided'
                 depth: int = 2, # number of hidden layers
                ) -> nn.Sequential:
     "The critic MLP 2 - width - ... - 1 constrained as `kind` says; clipping and the penalties also act in each step."
-    check_choice(kind, 'kind', KINDS); seed = check_int(seed, 'seed', 0)
+    check_choice(kind, 'kind', KINDS); seed = check_int(seed, 'seed', 0, 2 ** 64 - 1)
     width, depth = check_positive_int(width, 'width'), check_int(depth, 'depth', 0)
     torch.manual_seed(seed)
     critic = _relu_mlp(width, 1, depth)
@@ -134,8 +134,9 @@ def _clipping_step(critic, opt, real, fake, c):
 def _check_alpha(alpha, n):
     if alpha is None: return
     check_tensor(alpha, 'alpha', floating=True, values=True)
-    if alpha.shape != (n,) or not ((alpha >= 0) & (alpha <= 1)).all():
-        raise fail(f"alpha must have shape ({n},) with values in [0, 1], got shape {tuple(alpha.shape)}")
+    if alpha.shape != (n,): raise fail(f"alpha must have shape ({n},), one weight per pair, got shape {tuple(alpha.shape)}")
+    if not ((alpha >= 0) & (alpha <= 1)).all():
+        raise fail(f"alpha must lie in [0, 1], got values from {alpha.min().item():.4g} to {alpha.max().item():.4g}")
 
 @public
 def gradient_penalty_step(critic: nn.Module, # the critic, trained in place

@@ -171,6 +171,7 @@ def test_bad_input(rejects, setup):
         (lambda: clip_weights(plain, 0.0), ValueError, 'clip_weights', 'c'),
         (lambda: make_critic('WGAN'), ValueError, 'make_critic', 'kind'),
         (lambda: make_critic('SN', seed=-1), ValueError, 'make_critic', 'seed'),
+        (lambda: make_critic('SN', seed=2 ** 64), ValueError, 'make_critic', 'seed'),
         (lambda: make_critic('SN', width=True), TypeError, 'make_critic', 'width'),
         (lambda: wasserstein_step(lambda x: x, popt, real, fake), TypeError, 'wasserstein_step', 'critic'),
         (lambda: wasserstein_step(plain, 'adam', real, fake), TypeError, 'wasserstein_step', 'opt'),
