@@ -285,8 +285,10 @@ def _jacobian_power(f, x, v, n_iter):
     f1 = _single(f)
     def one(xi, vi):
         _, pullback = vjp(f1, xi)
-        res = power_method(lambda t: jvp(f1, (xi,), (t,))[1], vi, n_iter, adjoint=lambda u: pullback(u)[0])
-        return res.sigma, res.v
+        jv = lambda t: jvp(f1, (xi,), (t,))[1]
+        uniform = torch.full_like(vi, vi.numel() ** -0.5)               # kept where J^T J v = 0: the climb moves on from it
+        r = power_method(lambda y: pullback(y)[0], jv(unit(vi, keep=uniform)), n_iter, adjoint=jv, u=uniform)
+        return r.sigma, r.u                                             # the pair (J^T, J): sigma = ||J u||, u a unit input
     with torch.no_grad():
         return vmap(one)(x, v)
 
