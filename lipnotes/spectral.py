@@ -73,13 +73,13 @@ def _fresh(restart, dim):
 
 def _until_settled(apply, v, n_iter, adjoint, tol, every, restart, u, dim):
     "Steps in rounds of `every` until sigma rises by at most tol * sigma over a round, or n_iter steps; one restart."
-    prev, k, symmetric = None, 0, adjoint is None
+    prev, k, symmetric, fast = None, 0, adjoint is None, restart is not None and u is None
     while k < n_iter:
         m = min(every, n_iter - k); k += m
-        n, u, last, t = _steps(apply, adjoint, v, u, m, dim, False)
+        n, u, last, t = _steps(apply, adjoint, v, u, m, dim, fast)
         v = u if symmetric else last
         if restart is not None and _has_zero(n):             # nothing found: continue once from restart()
-            bad, fresh, restart, prev = n == 0, _fresh(restart, dim), None, None
+            bad, fresh, restart, prev, fast = n == 0, _fresh(restart, dim), None, None, False
             if symmetric: v = fresh if isinstance(v, list) else torch.where(bad, fresh, v)
             else: u = fresh
             continue
@@ -88,7 +88,7 @@ def _until_settled(apply, v, n_iter, adjoint, tol, every, restart, u, dim):
     return PowerMethod(_estimate(n, last, t, dim, symmetric), u, last, k)
 
 # %% ../nbs/04_power_iteration.ipynb #pm000010
-def _power_method(apply, v, n_iter, adjoint=None, tol=None, every=1, restart=None, u=None, dim=None):
+def _run_power_method(apply, v, n_iter, adjoint=None, tol=None, every=1, restart=None, u=None, dim=None):
     "power_method without its checks, for this module's public functions (whose errors name themselves)."
     symmetric = adjoint is None
     if symmetric: v = _divide(v, _norm(v, dim), None, fast=True)          # the estimate ||A v|| needs a unit start
@@ -124,7 +124,7 @@ def power_method(apply: Callable, # x -> A x, a linear map (on tensors of any sh
     if u is not None: check_tensor(u, 'u', floating=True, values=True)
     if isinstance(v, list) and (dim is not None or u is not None):
         raise fail("a list v is one vector: it takes neither dim nor u")
-    return _power_method(apply, v, n_iter, adjoint, tol, every, restart, u, dim)
+    return _run_power_method(apply, v, n_iter, adjoint, tol, every, restart, u, dim)
 
 # %% ../nbs/04_power_iteration.ipynb #702131c6
 class PowerIteration(NamedTuple):
@@ -144,7 +144,7 @@ def _power_steps(W, u, n_iter):
     if W.dim() == 2: apply, adjoint = Wt.__matmul__, W.__matmul__
     else: apply, adjoint = (lambda x: (Wt @ x.unsqueeze(-1)).squeeze(-1)), (lambda y: (W @ y.unsqueeze(-1)).squeeze(-1))
     restart = lambda: torch.randn(W.shape[:-2] + W.shape[-1:], dtype=W.dtype, device=W.device)
-    r = _power_method(apply, u, n_iter, adjoint, restart=restart, dim=dim)
+    r = _run_power_method(apply, u, n_iter, adjoint, restart=restart, dim=dim)
     return r.sigma, r.v, r.u
 
 # %% ../nbs/04_power_iteration.ipynb #pi000003
@@ -289,7 +289,7 @@ def conv_operator_norm(weight: torch.Tensor, # the kernel (C_out, C_in / groups,
         forward, adjoint, _ = conv_maps(w, shape, geometry)
         random_start = lambda: torch.randn(1, *shape, dtype=w.dtype, device=w.device)
         x = random_start() if v is None else v.to(w).unsqueeze(0)
-        r = _power_method(adjoint, unit(forward(unit(x))), n_iter, forward, tol=tol, restart=random_start)
+        r = _run_power_method(adjoint, unit(forward(unit(x))), n_iter, forward, tol=tol, restart=random_start)
     return OperatorNorm(r.sigma.to(weight.dtype), r.v[0].to(weight.dtype), r.u[0].to(weight.dtype), r.steps)
 
 # %% ../nbs/04_power_iteration.ipynb #2287f3ad
@@ -309,9 +309,9 @@ def spectral_penalty(model: nn.Module, # the network: its Linear and Conv layers
         Wd, uv = W.detach(), _PENALTY_VECTORS.get(m)
         if uv is not None and uv[0].shape == W.shape[:-1] and uv[1].shape == W.shape[-1:]:
             u, v = (t.to(Wd) for t in uv)
-            if m.training: r = _power_method(Wd.mT.__matmul__, u, 1, Wd.__matmul__, u=v); u, v = r.v, r.u
+            if m.training: r = _run_power_method(Wd.mT.__matmul__, u, 1, Wd.__matmul__, u=v); u, v = r.v, r.u
         else:                                                # the method on (W^T, W) from u, as power_iteration
-            r = _power_method(Wd.mT.__matmul__, torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device), _WARMUP_STEPS,
+            r = _run_power_method(Wd.mT.__matmul__, torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device), _WARMUP_STEPS,
                               Wd.__matmul__)
             u, v = r.v, r.u
         _PENALTY_VECTORS[m] = (u, v)
@@ -357,7 +357,7 @@ class _PowerVectors(nn.Module):
     def _power_steps(self, w, n, **kw):
         "n steps of power_method from the buffers, written back in place; returns the estimate."
         apply, adjoint = self._maps(w)
-        r = _power_method(apply, self._v, n, adjoint, u=self._u, **kw)
+        r = _run_power_method(apply, self._v, n, adjoint, u=self._u, **kw)
         self._u.copy_(r.u); self._v.copy_(r.v)
         return r.sigma
 
