@@ -7,6 +7,7 @@ __all__ = ['CONSTRAINTS', 'KINDS', 'CLIP', 'LAMBDA', 'relu_mlp', 'clip_weights',
            'clipping_step', 'gradient_penalty_step', 'spectral_normalization_step', 'critic_step']
 
 # %% ../nbs/10_wgan.ipynb #d5dd9ee0
+import math
 from typing import NamedTuple
 import torch
 from torch import nn
@@ -96,7 +97,7 @@ def _critic_loss(critic, real, fake):
 
 def _descend(opt, loss, critic_loss, real, fake, penalty=None):
     "A step on `loss` if it is finite; if not, a batch with NaN or Inf is refused (only the weights may overflow)."
-    stepped = bool(torch.isfinite(loss))
+    stepped = math.isfinite(loss.item())              # one number read (a sync on a GPU, as any check of it)
     if stepped: opt.zero_grad(); loss.backward(); opt.step()
     else: _check_finite(real, fake)                   # checked only here: a NaN or Inf in a batch reaches the loss
     return CriticStep(loss.detach(), -critic_loss.detach(), None if penalty is None else penalty.detach(), stepped)
@@ -135,8 +136,8 @@ def _check_alpha(alpha, n):
     if alpha is None: return
     check_tensor(alpha, 'alpha', floating=True, values=True)
     if alpha.shape != (n,): raise fail(f"alpha must have shape ({n},), one weight per pair, got shape {tuple(alpha.shape)}")
-    if not ((alpha >= 0) & (alpha <= 1)).all():
-        raise fail(f"alpha must lie in [0, 1], got values from {alpha.min().item():.4g} to {alpha.max().item():.4g}")
+    lo, hi = (v.item() for v in torch.aminmax(alpha))
+    if not (0 <= lo and hi <= 1): raise fail(f"alpha must lie in [0, 1], got values from {lo:.4g} to {hi:.4g}")
 
 @public
 def gradient_penalty_step(critic: nn.Module, # the critic, trained in place
@@ -153,7 +154,7 @@ def gradient_penalty_step(critic: nn.Module, # the critic, trained in place
 
 def _penalty_step(critic, opt, real, fake, alpha, lam, one_sided):
     w = _critic_loss(critic, real, fake)
-    if not torch.isfinite(w): _check_finite(real, fake)     # before the penalty, which would name itself
+    if not math.isfinite(w.item()): _check_finite(real, fake)     # before the penalty, which would name itself
     penalty = wgan_gradient_penalty(critic, real, fake, one_sided=one_sided, alpha=alpha)
     return _descend(opt, w + lam * penalty, w, real, fake, penalty)
 
