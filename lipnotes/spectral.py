@@ -37,7 +37,7 @@ def _divide(x, n, keep, fast=False):
     "x / n; where n is 0 or NaN, `keep` (None: zeros), core.unit's rule. `fast`: no test (0 stays 0, NaN stays NaN)."
     if isinstance(x, list): return [_divide(t, n, k, fast) for t, k in zip(x, [None] * len(x) if keep is None else keep)]
     if fast: return x / n.clamp_min(torch.finfo(x.dtype).tiny)
-    return torch.where(n > 0, x / n.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x) if keep is None else keep)
+    return torch.where(n > 0, x / n, torch.zeros_like(x) if keep is None else keep)      # x / 0 is never selected
 
 def _dot(x, y, dim):
     "<x, y> over all entries, or along `dim` (kept)."

@@ -73,7 +73,8 @@ def test_conv_norm_between_reshaped_and_overlap_bound(c_in, c_out, k, n, stride,
     "||K~|| <= ||conv|| <= conv_overlap_factor * ||K~||, and ||conv|| = the dense matrix's norm (zero padding)."
     if dilation * (k - 1) + 1 > n: return
     w = torch.randn(c_out, c_in, k, k, generator=gen(seed), dtype=torch.float64)
-    res = conv_operator_norm(w, (c_in, n, n), stride=stride, dilation=dilation, tol=1e-13, n_iter=5000,
+    # n_iter: a near tie sigma_2/sigma_1 = 0.99984 (c_in=3, c_out=1, k=3, n=5, seed=247) needs 23,000 steps to 1e-5
+    res = conv_operator_norm(w, (c_in, n, n), stride=stride, dilation=dilation, tol=1e-13, n_iter=100_000,
                              v=torch.randn(c_in, n, n, generator=gen(seed + 1), dtype=torch.float64))
     dense = torch.func.jacrev(lambda x: torch.nn.functional.conv2d(x, w, stride=stride, dilation=dilation))(
         torch.zeros(1, c_in, n, n, dtype=torch.float64)).reshape(-1, c_in * n * n)
