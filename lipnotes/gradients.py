@@ -205,7 +205,7 @@ def _layer_inputs_and_jacobians(pieces, x):
 
 # %% ../nbs/07_gradient_inequality.ipynb #c5d9e3f2
 def _rounding_allowance(W, slopes, x):
-    "A bound on the rounding error of the computed ||grad_x f|| per unit ||delta_t||, per layer: u_n ||W_t||_F prod_(s<t) ||W_s||_F max|g_s'|."
+    "Per layer, a bound on the rounding error of ||grad_x f|| per unit ||delta_t||: u_n ||W_t||_F prod_(s<t) ||W_s||_F max|g_s'|."
     u = torch.finfo(x.dtype).eps * 4 * (x.shape[1] + sum(w.shape[0] for w in W) + len(W))
     chain, out = torch.ones(len(x), dtype=x.dtype, device=x.device), []
     for t, w in enumerate(W):
@@ -283,7 +283,7 @@ def gradient_inequality(model: nn.Sequential, # an MLP: Linear layers and parame
                         weight_ord=2, # the norm of W_t: 2 (spectral) or 'fro' (Frobenius)
                         jacobian_ord=2, # the norm of J_t: 2 (spectral) or 'fro' (Frobenius)
                        ) -> GradientInequality:
-    "Both sides of ||grad_x f||^2 sum_t (beta_t + ||h_t||^2)/N_t^2 <= ||grad_theta f||^2 for an MLP, per example, with N_t = ||W_t|| ||J_t|| and N_t = ||W_t J_t||_2."
+    "Both sides of ||grad_x f||^2 sum_t (beta_t + ||h_t||^2)/N_t^2 <= ||grad_theta f||^2 per example of an MLP, in both readings."
     for name, o in (('weight_ord', weight_ord), ('jacobian_ord', jacobian_ord)):
         if isinstance(o, bool) or o not in _ORDS: raise fail(f"{name} must be 2 (spectral) or 'fro' (Frobenius), got {o!r}")
     _check_batch(x); _check_one_function(model, 'model')

@@ -93,7 +93,7 @@ def _named(suffix=''):
 
 # %% ../nbs/09_sharpness.ipynb #b1e7c0a6
 def _base_attribute(name):
-    "The base optimizer's attribute `name`, looked up at every use (its load_state_dict rebinds it); the wrapper's own before the base exists."
+    "The base optimizer's attribute `name`, read at every use (its load_state_dict rebinds it); before the base exists, the wrapper's."
     def get(self):
         base = self.__dict__.get('base_optimizer')
         return getattr(base, name) if base is not None else self.__dict__['_own_' + name]

@@ -47,7 +47,8 @@ CASES = [
     # gradient_norm_penalty: loss
     ('gradient_norm_penalty', lambda: gradient_norm_penalty(ce() * nan, net.parameters()), ValueError, 'loss'),
     ('gradient_norm_penalty', lambda: gradient_norm_penalty(ce() * inf, net.parameters()), ValueError, 'loss'),
-    ('gradient_norm_penalty', lambda: gradient_norm_penalty(F.cross_entropy(net(x), y, reduction='none'), net.parameters()), ValueError, 'loss'),
+    ('gradient_norm_penalty', lambda: gradient_norm_penalty(F.cross_entropy(net(x), y, reduction='none'), net.parameters()),
+     ValueError, 'loss'),
     ('gradient_norm_penalty', lambda: gradient_norm_penalty(torch.zeros(0, dtype=f64), net.parameters()), ValueError, 'loss'),
     ('gradient_norm_penalty', lambda: gradient_norm_penalty(scalar(1, torch.int64), net.parameters()), TypeError, 'loss'),
     ('gradient_norm_penalty', lambda: gradient_norm_penalty(scalar(True, torch.bool), net.parameters()), TypeError, 'loss'),
@@ -222,7 +223,7 @@ def test_frozen_batchnorm_statistics_modes(mode):
     saved = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(RuntimeError):
         with frozen_batchnorm_statistics(m):
-            out = m(torch.randn(8, 4, dtype=f64) * 3 + 2)
+            m(torch.randn(8, 4, dtype=f64) * 3 + 2)
             raise RuntimeError('interrupted')                   # restored on an exception too
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in saved.items())
     assert m.training == (mode == 'train')

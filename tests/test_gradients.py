@@ -262,11 +262,13 @@ def test_readings_are_partially_ordered_and_sf_fs_incomparable():
         assert (S <= P * t).all() and (SF <= S * t).all() and (FS_ <= S * t).all() and (FF <= SF * t).all() and (FF <= FS_ * t).all()
     scalar_input = mlp([1, 8, 8, 3], 'tanh', 1)
     x1 = torch.randn(6, 1, dtype=D)
-    sf, fs = [gradient_inequality(scalar_input, x1, FS['sum'], (torch.zeros(6),), weight_ord=w, jacobian_ord=j).lhs for w, j in ((2, 'fro'), ('fro', 2))]
+    sf, fs = [gradient_inequality(scalar_input, x1, FS['sum'], (torch.zeros(6),), weight_ord=w, jacobian_ord=j).lhs
+              for w, j in ((2, 'fro'), ('fro', 2))]
     assert (sf > fs).all()
     one = mlp([5, 3], 'tanh', 2)
     x5 = torch.randn(6, 5, dtype=D)
-    sf, fs = [gradient_inequality(one, x5, FS['sum'], (torch.zeros(6),), weight_ord=w, jacobian_ord=j).lhs for w, j in ((2, 'fro'), ('fro', 2))]
+    sf, fs = [gradient_inequality(one, x5, FS['sum'], (torch.zeros(6),), weight_ord=w, jacobian_ord=j).lhs
+              for w, j in ((2, 'fro'), ('fro', 2))]
     assert (fs > sf).all()
 
 

@@ -1,6 +1,5 @@
 """lipnotes.sharpness: SAM and GradientNormPenalty under DistributedDataParallel (two gloo processes on localhost) match a
 single-process run on the global batch; bad input; zero gradients; schedulers and state; BatchNorm buffers."""
-import math
 import os
 import socket
 
@@ -432,7 +431,8 @@ def test_a_non_finite_loss_at_theta_plus_e_is_refused_with_theta_restored(kind):
     def closure():
         calls.append(1); opt.zero_grad()
         loss = F.cross_entropy(model(x), y) * (float('inf') if len(calls) == 2 else 1.0); loss.backward(); return loss
-    with pytest.raises(ValueError, match=rf"^{'SAM' if kind == 'SAM' else 'GradientNormPenalty'}\.step: the closure's loss at theta \+ e is inf"):
+    name = 'SAM' if kind == 'SAM' else 'GradientNormPenalty'
+    with pytest.raises(ValueError, match=rf"^{name}\.step: the closure's loss at theta \+ e is inf"):
         opt.step(closure)
     for p, t, g in zip(model.parameters(), theta, expected):
         assert torch.equal(p.detach(), t) and torch.allclose(p.grad, g, rtol=1e-12, atol=1e-15)
