@@ -62,9 +62,12 @@ def _estimate(n, v, t, dim, symmetric):
     return s if dim is None else s.squeeze(dim)
 
 # %% ../nbs/04_power_iteration.ipynb #pm000009
-def _has_zero(n):
-    "Whether some estimate is exactly 0 (one host synchronisation)."
-    return n.item() == 0 if n.numel() == 1 else bool((n == 0).any())
+def _value(n):
+    "The estimate on the host (one synchronisation): a float for one vector, else the tensor."
+    return n.item() if n.numel() == 1 else n
+
+def _has_zero(s): return s == 0 if isinstance(s, float) else bool((s == 0).any())
+def _all(c): return c if isinstance(c, bool) else bool(c.all())
 
 def _fresh(restart, dim):
     "restart()'s vector, divided by its norm."
@@ -77,14 +80,14 @@ def _until_settled(apply, v, n_iter, adjoint, tol, every, restart, u, dim):
     while k < n_iter:
         m = min(every, n_iter - k); k += m
         n, u, last, t = _steps(apply, adjoint, v, u, m, dim, fast)
-        v = u if symmetric else last
-        if restart is not None and _has_zero(n):             # nothing found: continue once from restart()
+        v, s = (u if symmetric else last), _value(n)
+        if restart is not None and _has_zero(s):             # nothing found: continue once from restart()
             bad, fresh, restart, prev, fast = n == 0, _fresh(restart, dim), None, None, False
             if symmetric: v = fresh if isinstance(v, list) else torch.where(bad, fresh, v)
             else: u = fresh
             continue
-        if prev is not None and bool((n - prev <= tol * n).all()): break
-        prev = n
+        if prev is not None and _all(s - prev <= tol * s): break
+        prev = s
     return PowerMethod(_estimate(n, last, t, dim, symmetric), u, last, k)
 
 # %% ../nbs/04_power_iteration.ipynb #pm000010
@@ -95,7 +98,7 @@ def _run_power_method(apply, v, n_iter, adjoint=None, tol=None, every=1, restart
     if tol is not None: return _until_settled(apply, v, n_iter, adjoint, tol, every, restart, u, dim)
     fast = restart is not None and u is None
     n, u1, v1, t = _steps(apply, adjoint, v, u, n_iter, dim, fast)
-    if restart is not None and _has_zero(n):                             # run again, once, from restart()
+    if restart is not None and _has_zero(_value(n)):                     # run again, once, from restart()
         bad, fresh = n == 0, _fresh(restart, dim)
         if symmetric: v, u = (fresh if isinstance(v, list) else torch.where(bad, fresh, v)), None
         else: v, u = (v if isinstance(v, list) else torch.where(bad, _divide(v, _norm(v, dim), None), v)), fresh
