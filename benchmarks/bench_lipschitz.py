@@ -10,7 +10,7 @@ from torch.func import jvp, vjp
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from timing import best_of
-from lipnotes.lipschitz import jacobian_spectral_norm
+from lipnotes.certificates import jacobian_spectral_norm
 from lipnotes.spectral import spectral_normalize
 
 

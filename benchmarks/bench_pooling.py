@@ -14,7 +14,7 @@ CASE = r'''
 import json, math, resource, sys, time
 import torch
 from torch import nn
-from lipnotes.lipschitz import lipschitz_upper_bound
+from lipnotes.certificates import lipschitz_upper_bound
 torch.set_num_threads(1)
 kind, shape, method = sys.argv[1], tuple(json.loads(sys.argv[2])), sys.argv[3]
 pool = nn.AvgPool2d(3, 2, 1) if kind == 'AvgPool2d' else nn.AdaptiveAvgPool2d(7)
