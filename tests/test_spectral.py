@@ -207,7 +207,8 @@ def test_power_method_matches_svdvals(m, n, rank):
     assert isinstance(r, PowerMethod) and isinstance(r.steps, int) and r.steps <= 5000
     assert torch.isclose(r.sigma, torch.linalg.svdvals(A)[0], rtol=1e-9)
     assert torch.isclose(r.u @ A @ r.v, r.sigma, rtol=1e-12)                          # attained by the returned pair
-    assert torch.isclose(r.u.norm(), torch.tensor(1.0, dtype=torch.float64)) and torch.isclose(r.v.norm(), torch.tensor(1.0, dtype=torch.float64))
+    one = torch.tensor(1.0, dtype=torch.float64)
+    assert torch.isclose(r.u.norm(), one) and torch.isclose(r.v.norm(), one)
 
 
 def test_power_method_batched_each_member_its_own_answer():
@@ -260,7 +261,8 @@ def test_power_method_restart_leaves_other_batch_members_alone():
     g = gen(4)
     A = torch.randn(3, 4, 4, dtype=torch.float64, generator=g); A[1] = 0
     v0 = torch.randn(3, 4, dtype=torch.float64, generator=g)
-    with_restart = power_method(v=v0, n_iter=30, dim=-1, **matrix_maps(A), restart=lambda: torch.randn(3, 4, dtype=torch.float64, generator=g))
+    with_restart = power_method(v=v0, n_iter=30, dim=-1, **matrix_maps(A),
+                                restart=lambda: torch.randn(3, 4, dtype=torch.float64, generator=g))
     without = power_method(v=v0, n_iter=30, dim=-1, **matrix_maps(A))
     assert with_restart.sigma[1] == 0 and torch.equal(with_restart.sigma[[0, 2]], without.sigma[[0, 2]])
 
