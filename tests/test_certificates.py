@@ -1,5 +1,5 @@
-"""lipnotes.certificates (and, until they move to test_spectral.py, spectral_normalize's tests; activation_lipschitz's are
-in test_lipschitz.py): bad input is refused before any work, with the function and argument named; property tests of
+"""lipnotes.certificates (spectral_normalize's tests are in test_spectral.py, activation_lipschitz's in
+test_lipschitz.py): bad input is refused before any work, with the function and argument named; property tests of
 lower <= Lip <= upper against dense Jacobians (torch.func.jacrev)."""
 import copy
 import math
@@ -9,11 +9,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 from torch.func import jacrev
-from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from lipnotes.certificates import certify, jacobian_spectral_norm, lipschitz_lower_bound, lipschitz_upper_bound
 from lipnotes.lipschitz import activation_lipschitz
-from lipnotes.spectral import conv_operator_norm, spectral_normalize
+from lipnotes.spectral import spectral_normalize
 
 mlp = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
 cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 2))
@@ -47,83 +46,6 @@ def test_lipschitz_rejects(call, exc, words):
     with pytest.raises(exc) as e:
         call()
     assert words in str(e.value)
-
-
-@pytest.mark.parametrize("call, exc, words", [
-    (lambda: spectral_normalize("layer"), TypeError, "spectral_normalize: module must be a torch.nn.Module"),
-    (lambda: spectral_normalize(nn.Linear(3, 3), name='nope'), ValueError, "has no tensor parameter 'nope'"),
-    (lambda: spectral_normalize(nn.Linear(3, 3), mode='fro'), ValueError, "mode must be 'matrix' or 'operator'"),
-    (lambda: spectral_normalize(nn.Linear(3, 3), mode='operator', input_shape=(3,)), ValueError, "needs an nn.Conv2d"),
-    (lambda: spectral_normalize(nn.Conv2d(1, 1, 3), mode='operator'), ValueError, "needs input_shape"),
-    (lambda: spectral_normalize(nn.Conv2d(1, 1, 3), mode='operator', input_shape=(2, 8, 8)), ValueError, "channels"),
-    (lambda: spectral_normalize(nn.Conv2d(1, 1, 3), input_shape=(1, 8, 8)), ValueError, "only used with mode='operator'"),
-    (lambda: spectral_normalize(nn.Linear(3, 3), coeff=0.0), ValueError, "coeff must be positive"),
-    (lambda: spectral_normalize(nn.Linear(3, 3), n_power_iterations=0), ValueError, "n_power_iterations must be >= 1"),
-    (lambda: spectral_normalize(nn.Conv2d(1, 1, 4, padding='same'), mode='operator', input_shape=(1, 8, 8)), ValueError, "asymmetrically"),
-    (lambda: spectral_normalize(nn.Linear(3, 3), exact=1), TypeError, "spectral_normalize: exact must be a bool"),
-    (lambda: spectral_normalize(nn.Conv2d(1, 1, 3), mode='operator', input_shape=(1, 8, 8), exact=True), ValueError,
-     "exact=True computes the reshaped matrix's norm by SVD and needs mode='matrix'"),
-])
-def test_spectral_normalize_rejects(call, exc, words):
-    with pytest.raises(exc) as e:
-        call()
-    assert words in str(e.value)
-
-
-def test_spectral_normalize_rejects_nan_weight():
-    lin = nn.Linear(3, 3)
-    with torch.no_grad(): lin.weight[0, 0] = float('nan')
-    with pytest.raises(ValueError, match="spectral_normalize: 'weight' contains NaN"):
-        spectral_normalize(lin)
-
-
-def test_spectral_normalize_matches_torch_in_float32():
-    "Matrix mode, same u and v as torch's spectral_norm: the same normalised weight to 1e-6 over training steps (float32)."
-    torch.manual_seed(0)
-    a = nn.Conv2d(3, 6, 3); b = copy.deepcopy(a)
-    torch_spectral_norm(a); spectral_normalize(b)
-    pa, pb = a.parametrizations.weight[0], b.parametrizations.weight[0]
-    with torch.no_grad(): pb._u.copy_(pa._u); pb._v.copy_(pa._v)
-    oa, ob = torch.optim.Adam(a.parameters(), 1e-2), torch.optim.Adam(b.parameters(), 1e-2)
-    for _ in range(5):
-        x = torch.randn(4, 3, 8, 8)
-        for net, opt in ((a, oa), (b, ob)):
-            opt.zero_grad(); net(x).square().mean().backward(); opt.step()
-        with torch.no_grad():
-            wa, wb = a.weight, b.weight
-        assert torch.allclose(wa, wb, rtol=1e-6, atol=1e-6 * wa.abs().max().item())
-
-
-@pytest.mark.parametrize("make, x_shape, dtype", [(lambda: nn.Linear(20, 12), (20,), torch.float64),
-                                                  (lambda: nn.Conv2d(3, 5, 3), (3, 7, 7), torch.float32),
-                                                  (lambda: nn.ConvTranspose2d(4, 6, 3), (4, 7, 7), torch.float64),
-                                                  (lambda: nn.Linear(8, 8), (8,), torch.bfloat16)])
-def test_exact_matches_converged_torch_spectral_norm(make, x_shape, dtype):
-    "exact=True against torch's spectral_norm iterated to convergence on the same raw weight, before and after Adam steps."
-    torch.manual_seed(2)
-    layer = spectral_normalize(make().to(dtype), exact=True)
-    opt = torch.optim.Adam(layer.parameters(), 1e-2)
-    tol = {torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-9}[dtype]
-    for step in range(4):
-        if step:
-            opt.zero_grad(); layer(torch.randn(3, *x_shape).to(dtype)).float().square().mean().backward(); opt.step()
-        ref = make().double()
-        with torch.no_grad():
-            ref.weight.copy_(layer.parametrizations.weight.original)
-            torch_spectral_norm(ref)
-            for _ in range(500): ref(torch.zeros(1, *x_shape, dtype=torch.float64))   # power steps to convergence
-        ref.eval()
-        assert layer.weight.dtype == dtype
-        err = torch.linalg.vector_norm(layer.weight.double() - ref.weight) / torch.linalg.vector_norm(ref.weight)
-        assert err <= tol, (step, err.item())
-
-
-def test_operator_mode_is_one_lipschitz_after_warmup():
-    torch.manual_seed(1)
-    layer = spectral_normalize(nn.Conv2d(4, 6, 3, stride=2, padding=1).double(), mode='operator', input_shape=(4, 10, 10))
-    w = layer.weight.detach()
-    sigma = conv_operator_norm(w, (4, 10, 10), stride=2, padding=1, n_iter=20000, tol=1e-12).sigma
-    assert abs(sigma.item() - 1) <= 1e-3
 
 
 # --- properties -------------------------------------------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """lipnotes.spectral regressions (issue 14): zero-initialised spectrally normalised layers, conv_operator_norm restarts,
 operator mode refusing other input sizes, power_iteration's eps and empty batches, and the chapter's conv-norm claims,
 each against an independent reference (torch.linalg on a dense matrix of the operator)."""
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from lipnotes.spectral import conv_operator_norm, power_iteration, spectral_normalize
 
@@ -324,3 +327,81 @@ def test_conv_geometry_and_conv_maps():
     assert torch.allclose(maps.adjoint(y).flatten(), dense.T @ y.flatten(), atol=1e-12)      # the adjoint is the transpose
     res = conv_operator_norm(w, (2, 6, 9), *geo, tol=1e-14, n_iter=20_000)                   # a ConvGeometry spreads into it
     assert torch.isclose(res.sigma, torch.linalg.matrix_norm(dense, 2), rtol=1e-6)
+
+
+# --- spectral_normalize against torch (moved from the old test_lipschitz.py) ---------------------------------------------
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda: spectral_normalize("layer"), TypeError, "spectral_normalize: module must be a torch.nn.Module"),
+    (lambda: spectral_normalize(nn.Linear(3, 3), name='nope'), ValueError, "has no tensor parameter 'nope'"),
+    (lambda: spectral_normalize(nn.Linear(3, 3), mode='fro'), ValueError, "mode must be 'matrix' or 'operator'"),
+    (lambda: spectral_normalize(nn.Linear(3, 3), mode='operator', input_shape=(3,)), ValueError, "needs an nn.Conv2d"),
+    (lambda: spectral_normalize(nn.Conv2d(1, 1, 3), mode='operator'), ValueError, "needs input_shape"),
+    (lambda: spectral_normalize(nn.Conv2d(1, 1, 3), mode='operator', input_shape=(2, 8, 8)), ValueError, "channels"),
+    (lambda: spectral_normalize(nn.Conv2d(1, 1, 3), input_shape=(1, 8, 8)), ValueError, "only used with mode='operator'"),
+    (lambda: spectral_normalize(nn.Linear(3, 3), coeff=0.0), ValueError, "coeff must be positive"),
+    (lambda: spectral_normalize(nn.Linear(3, 3), n_power_iterations=0), ValueError, "n_power_iterations must be >= 1"),
+    (lambda: spectral_normalize(nn.Conv2d(1, 1, 4, padding='same'), mode='operator', input_shape=(1, 8, 8)), ValueError, "asymmetrically"),
+    (lambda: spectral_normalize(nn.Linear(3, 3), exact=1), TypeError, "spectral_normalize: exact must be a bool"),
+    (lambda: spectral_normalize(nn.Conv2d(1, 1, 3), mode='operator', input_shape=(1, 8, 8), exact=True), ValueError,
+     "exact=True computes the reshaped matrix's norm by SVD and needs mode='matrix'"),
+])
+def test_spectral_normalize_rejects(call, exc, words):
+    with pytest.raises(exc) as e:
+        call()
+    assert words in str(e.value)
+
+
+def test_spectral_normalize_rejects_nan_weight():
+    lin = nn.Linear(3, 3)
+    with torch.no_grad(): lin.weight[0, 0] = float('nan')
+    with pytest.raises(ValueError, match="spectral_normalize: 'weight' contains NaN"):
+        spectral_normalize(lin)
+
+
+def test_spectral_normalize_matches_torch_in_float32():
+    "Matrix mode, same u and v as torch's spectral_norm: the same normalised weight to 1e-6 over training steps (float32)."
+    torch.manual_seed(0)
+    a = nn.Conv2d(3, 6, 3); b = copy.deepcopy(a)
+    torch_spectral_norm(a); spectral_normalize(b)
+    pa, pb = a.parametrizations.weight[0], b.parametrizations.weight[0]
+    with torch.no_grad(): pb._u.copy_(pa._u); pb._v.copy_(pa._v)
+    oa, ob = torch.optim.Adam(a.parameters(), 1e-2), torch.optim.Adam(b.parameters(), 1e-2)
+    for _ in range(5):
+        x = torch.randn(4, 3, 8, 8)
+        for net, opt in ((a, oa), (b, ob)):
+            opt.zero_grad(); net(x).square().mean().backward(); opt.step()
+        with torch.no_grad():
+            wa, wb = a.weight, b.weight
+        assert torch.allclose(wa, wb, rtol=1e-6, atol=1e-6 * wa.abs().max().item())
+
+
+@pytest.mark.parametrize("make, x_shape, dtype", [(lambda: nn.Linear(20, 12), (20,), torch.float64),
+                                                  (lambda: nn.Conv2d(3, 5, 3), (3, 7, 7), torch.float32),
+                                                  (lambda: nn.ConvTranspose2d(4, 6, 3), (4, 7, 7), torch.float64),
+                                                  (lambda: nn.Linear(8, 8), (8,), torch.bfloat16)])
+def test_exact_matches_converged_torch_spectral_norm(make, x_shape, dtype):
+    "exact=True against torch's spectral_norm iterated to convergence on the same raw weight, before and after Adam steps."
+    torch.manual_seed(2)
+    layer = spectral_normalize(make().to(dtype), exact=True)
+    opt = torch.optim.Adam(layer.parameters(), 1e-2)
+    tol = {torch.bfloat16: 1e-2, torch.float32: 1e-5, torch.float64: 1e-9}[dtype]
+    for step in range(4):
+        if step:
+            opt.zero_grad(); layer(torch.randn(3, *x_shape).to(dtype)).float().square().mean().backward(); opt.step()
+        ref = make().double()
+        with torch.no_grad():
+            ref.weight.copy_(layer.parametrizations.weight.original)
+            torch_spectral_norm(ref)
+            for _ in range(500): ref(torch.zeros(1, *x_shape, dtype=torch.float64))   # power steps to convergence
+        ref.eval()
+        assert layer.weight.dtype == dtype
+        err = torch.linalg.vector_norm(layer.weight.double() - ref.weight) / torch.linalg.vector_norm(ref.weight)
+        assert err <= tol, (step, err.item())
+
+
+def test_operator_mode_is_one_lipschitz_after_warmup():
+    torch.manual_seed(1)
+    layer = spectral_normalize(nn.Conv2d(4, 6, 3, stride=2, padding=1).double(), mode='operator', input_shape=(4, 10, 10))
+    w = layer.weight.detach()
+    sigma = conv_operator_norm(w, (4, 10, 10), stride=2, padding=1, n_iter=20000, tol=1e-12).sigma
+    assert abs(sigma.item() - 1) <= 1e-3
