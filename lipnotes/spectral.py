@@ -292,7 +292,9 @@ def conv_operator_norm(weight: torch.Tensor, # the kernel (C_out, C_in / groups,
         forward, adjoint, _ = conv_maps(w, shape, geometry)
         random_start = lambda: torch.randn(1, *shape, dtype=w.dtype, device=w.device)
         x = random_start() if v is None else v.to(w).unsqueeze(0)
-        r = _run_power_method(adjoint, unit(forward(unit(x))), n_iter, forward, tol=tol, restart=random_start)
+        y = forward(unit(x))
+        if not torch.linalg.vector_norm(y) > 0: y = forward(unit(random_start()))   # a zero or null-space start: no step spent
+        r = _run_power_method(adjoint, unit(y), n_iter, forward, tol=tol, restart=random_start)
     return OperatorNorm(r.sigma.to(weight.dtype), r.v[0].to(weight.dtype), r.u[0].to(weight.dtype), r.steps)
 
 # %% ../nbs/04_power_iteration.ipynb #2287f3ad
@@ -310,13 +312,15 @@ def spectral_penalty(model: nn.Module, # the network: its Linear and Conv layers
             raise fail(f"model's module {name!r} has a {'meta' if W.is_meta else W.dtype} weight; the penalty needs "
                        "real floating values", ValueError if W.is_meta else TypeError)
         Wd, uv = W.detach(), _PENALTY_VECTORS.get(m)
+        Wd = Wd.float() if Wd.dtype in _HALF else Wd                 # half precision iterated in float32, as power_iteration
         if uv is not None and uv[0].shape == W.shape[:-1] and uv[1].shape == W.shape[-1:]:
             u, v = (t.to(Wd) for t in uv)
             if m.training: r = _run_power_method(Wd.mT.__matmul__, u, 1, Wd.__matmul__, u=v); u, v = r.v, r.u
         else:                                                # the method on (W^T, W) from u, as power_iteration
-            r = _run_power_method(Wd.mT.__matmul__, torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device), _WARMUP_STEPS,
-                              Wd.__matmul__)
+            r = _run_power_method(Wd.mT.__matmul__, torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device).to(Wd),
+                                  _WARMUP_STEPS, Wd.__matmul__)
             u, v = r.v, r.u
+        u, v = u.to(W.dtype), v.to(W.dtype)
         _PENALTY_VECTORS[m] = (u, v)
         total = total + (u @ W @ v) ** 2
     if not torch.isfinite(total): raise fail("the penalty is not finite: a weight contains NaN or Inf")

@@ -11,7 +11,7 @@ from torch import nn
 
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
-from lipnotes.spectral import conv_operator_norm, power_iteration, spectral_normalize
+from lipnotes.spectral import conv_operator_norm, power_iteration, spectral_normalize, spectral_penalty
 
 
 def dense_conv(weight, shape, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros'):
@@ -405,3 +405,29 @@ def test_operator_mode_is_one_lipschitz_after_warmup():
     w = layer.weight.detach()
     sigma = conv_operator_norm(w, (4, 10, 10), stride=2, padding=1, n_iter=20000, tol=1e-12).sigma
     assert abs(sigma.item() - 1) <= 1e-3
+
+
+# --- regressions found by the old-vs-new differential audit (issue 15) -----------------------------------------------
+def test_conv_operator_norm_zero_or_null_space_start_spends_no_step():
+    "A zero start, or one the kernel maps to 0, is replaced by the random start before the first step: same numbers."
+    diff = torch.tensor([[[[1.0, -1.0]]]], dtype=torch.float64)          # horizontal difference: constants map to 0
+    for v in (torch.zeros(1, 5, 5, dtype=torch.float64), torch.ones(1, 5, 5, dtype=torch.float64)):
+        for n_iter in (1, 2, 5):
+            torch.manual_seed(7); got = conv_operator_norm(diff, (1, 5, 5), v=v, n_iter=n_iter)
+            torch.manual_seed(7); ref = conv_operator_norm(diff, (1, 5, 5), n_iter=n_iter)
+            assert got.sigma > 0 and torch.equal(got.sigma, ref.sigma) and torch.equal(got.v, ref.v), (n_iter, got.sigma)
+            assert torch.isclose(got.u.norm(), torch.tensor(1.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_spectral_penalty_iterates_half_precision_in_float32_like_power_iteration(dtype):
+    "The warm-up (15 steps) and each training call's step are power_iteration's, which iterates half precision in float32."
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 30).to(dtype)
+    W = lin.weight.detach()
+    torch.manual_seed(3); got = [spectral_penalty(lin) for _ in range(6)]
+    torch.manual_seed(3); sigma, u, v = power_iteration(W, 15, u=torch.randn(30, dtype=dtype))
+    ref = [(u @ W @ v) ** 2]
+    for _ in range(5):
+        sigma, u, v = power_iteration(W, 1, u=u); ref.append((u @ W @ v) ** 2)
+    assert all(g.dtype == dtype for g in got) and [g.item() for g in got] == [r.item() for r in ref]
