@@ -344,6 +344,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'lipnotes.spectral._fresh': ('power_iteration.html#_fresh', 'lipnotes/spectral.py'),
                                    'lipnotes.spectral._has_zero': ('power_iteration.html#_has_zero', 'lipnotes/spectral.py'),
                                    'lipnotes.spectral._norm': ('power_iteration.html#_norm', 'lipnotes/spectral.py'),
+                                   'lipnotes.spectral._penalty_vectors': ('power_iteration.html#_penalty_vectors', 'lipnotes/spectral.py'),
                                    'lipnotes.spectral._power_steps': ('power_iteration.html#_power_steps', 'lipnotes/spectral.py'),
                                    'lipnotes.spectral._run_power_method': ( 'power_iteration.html#_run_power_method',
                                                                             'lipnotes/spectral.py'),

@@ -282,8 +282,7 @@ def conv_operator_norm(weight: torch.Tensor, # the kernel (C_out, C_in / groups,
     if weight.dim() != 4 or weight.numel() == 0:
         raise fail(f"weight must be a non-empty 4-D conv2d kernel (out, in/groups, kh, kw), got shape {tuple(weight.shape)}")
     shape, geometry = _check_conv_input(weight, input_shape, (stride, padding, dilation, groups, padding_mode))
-    n_iter, tol = check_positive_int(n_iter, 'n_iter'), check_positive_float(tol, 'tol')
-    check_tensor(weight, 'weight', finite=True)
+    n_iter, tol = check_positive_int(n_iter, 'n_iter'), check_positive_float(tol, 'tol'); check_tensor(weight, 'weight', finite=True)
     if v is not None and check_tensor(v, 'v', floating=True, values=True).shape != shape:
         raise fail(f"v must have shape {shape}, got {tuple(v.shape)}")
     if v is not None: check_tensor(v, 'v', finite=True)
@@ -291,8 +290,7 @@ def conv_operator_norm(weight: torch.Tensor, # the kernel (C_out, C_in / groups,
         w = weight.detach().float() if weight.dtype in _HALF else weight.detach()   # half precision iterated in float32
         forward, adjoint, _ = conv_maps(w, shape, geometry)
         random_start = lambda: torch.randn(1, *shape, dtype=w.dtype, device=w.device)
-        x = random_start() if v is None else v.to(w).unsqueeze(0)
-        y = forward(unit(x))
+        y = forward(unit(random_start() if v is None else v.to(w).unsqueeze(0)))
         if not torch.linalg.vector_norm(y) > 0: y = forward(unit(random_start()))   # a zero or null-space start: no step spent
         r = _run_power_method(adjoint, unit(y), n_iter, forward, tol=tol, restart=random_start)
     return OperatorNorm(r.sigma.to(weight.dtype), r.v[0].to(weight.dtype), r.u[0].to(weight.dtype), r.steps)
@@ -301,6 +299,22 @@ def conv_operator_norm(weight: torch.Tensor, # the kernel (C_out, C_in / groups,
 _PENALTY_VECTORS = weakref.WeakKeyDictionary()   # layer module -> (u, v): the model's state_dict stays as it is
 _WARMUP_STEPS = 15
 
+@torch.no_grad()
+def _penalty_vectors(m, W):
+    "The stored (u, v) of layer `m`, one step further in training mode, or warmed up from random; half precision in float32."
+    Wd, uv = W.detach(), _PENALTY_VECTORS.get(m)
+    Wd = Wd.float() if Wd.dtype in _HALF else Wd                 # half precision iterated in float32, as power_iteration
+    if uv is not None and uv[0].shape == W.shape[:-1] and uv[1].shape == W.shape[-1:]:
+        u, v = (t.to(Wd) for t in uv)
+        if m.training: r = _run_power_method(Wd.mT.__matmul__, u, 1, Wd.__matmul__, u=v); u, v = r.v, r.u
+    else:                                                # the method on (W^T, W) from u, as power_iteration
+        r = _run_power_method(Wd.mT.__matmul__, torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device).to(Wd),
+                              _WARMUP_STEPS, Wd.__matmul__)
+        u, v = r.v, r.u
+    _PENALTY_VECTORS[m] = u, v = u.to(W.dtype), v.to(W.dtype)
+    return u, v
+
+# %% ../nbs/04_power_iteration.ipynb #penvec02
 @public
 def spectral_penalty(model: nn.Module, # the network: its Linear and Conv layers' weight matrices are penalised
                     ) -> torch.Tensor:
@@ -311,17 +325,7 @@ def spectral_penalty(model: nn.Module, # the network: its Linear and Conv layers
         if not W.is_floating_point() or W.is_meta:
             raise fail(f"model's module {name!r} has a {'meta' if W.is_meta else W.dtype} weight; the penalty needs "
                        "real floating values", ValueError if W.is_meta else TypeError)
-        Wd, uv = W.detach(), _PENALTY_VECTORS.get(m)
-        Wd = Wd.float() if Wd.dtype in _HALF else Wd                 # half precision iterated in float32, as power_iteration
-        if uv is not None and uv[0].shape == W.shape[:-1] and uv[1].shape == W.shape[-1:]:
-            u, v = (t.to(Wd) for t in uv)
-            if m.training: r = _run_power_method(Wd.mT.__matmul__, u, 1, Wd.__matmul__, u=v); u, v = r.v, r.u
-        else:                                                # the method on (W^T, W) from u, as power_iteration
-            r = _run_power_method(Wd.mT.__matmul__, torch.randn(W.shape[:-1], dtype=W.dtype, device=W.device).to(Wd),
-                                  _WARMUP_STEPS, Wd.__matmul__)
-            u, v = r.v, r.u
-        u, v = u.to(W.dtype), v.to(W.dtype)
-        _PENALTY_VECTORS[m] = (u, v)
+        u, v = _penalty_vectors(m, W)
         total = total + (u @ W @ v) ** 2
     if not torch.isfinite(total): raise fail("the penalty is not finite: a weight contains NaN or Inf")
     return total
