@@ -215,7 +215,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'lipnotes.lipschitz._real': ('lipschitz.html#_real', 'lipnotes/lipschitz.py'),
                                     'lipnotes.lipschitz._refused': ('lipschitz.html#_refused', 'lipnotes/lipschitz.py'),
                                     'lipnotes.lipschitz._rrelu': ('lipschitz.html#_rrelu', 'lipnotes/lipschitz.py'),
-                                    'lipnotes.lipschitz._shared': ('lipschitz.html#_shared', 'lipnotes/lipschitz.py'),
                                     'lipnotes.lipschitz._smooth': ('lipschitz.html#_smooth', 'lipnotes/lipschitz.py'),
                                     'lipnotes.lipschitz._softplus': ('lipschitz.html#_softplus', 'lipnotes/lipschitz.py'),
                                     'lipnotes.lipschitz._softshrink': ('lipschitz.html#_softshrink', 'lipnotes/lipschitz.py'),

@@ -24,12 +24,14 @@ _NAME = contextvars.ContextVar('lipnotes_public_name', default='lipnotes')
 
 def public(f=None, # the function to decorate (None: return a decorator that takes it)
            *, name: str | None = None, # the name errors start with (default: f's own name)
+           shared: bool = False, # a building block other public functions call: it names errors only when none runs
           ):
     "Decorate a public function (or a method, with `name`): while it runs, `fail` and the checks name it."
-    if f is None: return functools.partial(public, name=name)
+    if f is None: return functools.partial(public, name=name, shared=shared)
     label = name or f.__name__
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        if shared and _NAME.get() != 'lipnotes': return f(*args, **kwargs)     # inside another: that one names errors
         token = _NAME.set(label)
         try: return f(*args, **kwargs)
         finally: _NAME.reset(token)

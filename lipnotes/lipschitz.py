@@ -7,14 +7,13 @@ __all__ = ['LAYER_RULES', 'NoLipschitzConstant', 'LayerRule', 'layer_rule', 'lay
            'composition_bound']
 
 # %% ../nbs/02_lipschitz.ipynb #420f4b20
-import functools
 import math
 import numbers
 from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .core import (BATCHNORM, DROPOUT, WEIGHT_LAYERS, caller, check_callable, check_dtype, check_module,
+from .core import (BATCHNORM, DROPOUT, WEIGHT_LAYERS, check_callable, check_dtype, check_module,
                            check_no_global_hooks, declared_constant, fail, forward_hooks, leaves, overrides_forward,
                            public, weight_layers)
 
@@ -206,14 +205,7 @@ def layer_rule(m: nn.Module, # a layer
     return next((r for r in LAYER_RULES if isinstance(m, r.kinds)), None)
 
 # %% ../nbs/02_lipschitz.ipynb #const02
-def _shared(f):
-    "Decorate a public function that other public functions call: it names errors only when none of them is running."
-    named = public(f)
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs): return (named if caller() == 'lipnotes' else f)(*args, **kwargs)
-    return wrapper
-
-@_shared
+@public(shared=True)
 def layer_constant(m: nn.Module, # a layer: an activation, Dropout, Identity/Flatten/Unflatten, BatchNorm, or any module
                                  # with a `lipschitz_constant` attribute
                    dtype: torch.dtype = torch.float32, # the dtype of its inputs (Softplus's constant depends on it)
@@ -275,7 +267,7 @@ def _leaf_bound(name, m, weight_bound, dtype):
     return layer_constant(m, dtype, name)
 
 # %% ../nbs/02_lipschitz.ipynb #comp06
-@_shared
+@public(shared=True)
 def composition_bound(model: nn.Module, # a (nested) plain nn.Sequential of layers, or a single layer
                       weight_bound: Callable, # weight_bound(name, layer) -> a bound on a Linear/Conv layer's constant
                       dtype: torch.dtype | None = None, # the dtype of the inputs (None: that of the first weight)
