@@ -22,7 +22,9 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason='no Chromium on PAT
                                                               'apt-get install chromium to run these locally)')
 API = {'core.html': ['public', 'fail', 'check_tensor', 'unit', 'leaves'],
        'lipschitz.html': ['activation_lipschitz', 'layer_rule', 'layer_constant', 'composition_bound'],
-       'certificates.html': ['lipschitz_upper_bound', 'jacobian_spectral_norm', 'lipschitz_lower_bound', 'certify'],
+       'certificates.html': ['lipschitz_upper_bound', 'jacobian_spectral_norm', 'lipschitz_lower_bound',
+                             'check_lower_bound_arguments'],
+       'tight_certificates.html': ['certified_radius', 'certified_accuracy', 'certify'],
        'frobenius.html': ['weight_matrices', 'l2_penalty', 'conv_overlap_factor', 'frobenius_lipschitz_bound'],
        'power_iteration.html': ['power_iteration', 'conv_operator_norm', 'spectral_penalty'],
        'gradient_inequality.html': ['input_grad_norm', 'param_grad_norm', 'gradient_inequality'],

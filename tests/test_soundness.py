@@ -6,7 +6,7 @@ geometry and padding mode; max, average, adaptive and LP pooling with int or tup
 negative gamma and small running_var; every activation, parameterised ones with unusual parameters; Flatten/Unflatten;
 Dropout in train and eval mode; modules with a true declared `lipschitz_constant`; nested Sequentials and a module used
 twice). For each net, `lipnotes.certificates.lipschitz_upper_bound(model, input_shape)`,
-`lipnotes.norms.frobenius_lipschitz_bound(model)` and `lipnotes.certificates.certify(model, x)` must either
+`lipnotes.norms.frobenius_lipschitz_bound(model)` and `lipnotes.tight.certify(model, x)` must either
 
 * return a finite bound >= what the net attains:
   (a) ||J_f(x)||_2 of the dense Jacobian (`torch.autograd.functional.jacobian`, float64) at random points of several
@@ -35,6 +35,7 @@ from torch import nn
 
 import lipnotes.certificates
 import lipnotes.norms
+import lipnotes.tight
 
 # Rounding tolerance, and nothing else: every bound and every attained value is computed in float64 (eps 1.1e-16). A bound
 # is a product of at most ~10 per-layer constants, each from an SVD/FFT/closed form with relative error ~1e-13; an attained
@@ -511,7 +512,7 @@ def check_certify(seed, budget=1):
     model, shape, train = build_net(seed)
     ctx = describe(seed, model, shape, train)
     x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(seed + 31), dtype=F64)
-    cert = _call("certify", lipnotes.certificates.certify, model, x, ctx=ctx, steps=3 if budget == 1 else 10, n_iter=2)
+    cert = _call("certify", lipnotes.tight.certify, model, x, ctx=ctx, steps=3 if budget == 1 else 10, n_iter=2)
     if cert is None: return
     lower = cert.lower.item()
     upper = _as_float('certify', cert.upper, ctx)
@@ -622,7 +623,7 @@ def _certify_activation(name, make, trains, steps):
     if trains: model[1].train()
     ctx = f"input_shape=(3,)\n{model!r}" + ("  (activation in train mode)" if trains else "")
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
-    cert = _call('certify', lipnotes.certificates.certify, model, x, ctx=ctx, steps=steps, n_iter=2)
+    cert = _call('certify', lipnotes.tight.certify, model, x, ctx=ctx, steps=steps, n_iter=2)
     if cert is None: return
     lower, upper = cert.lower.item(), _as_float('certify', cert.upper, ctx)
     assert math.isfinite(lower) and _fits(lower, upper), f"certify: lower {lower} > upper {upper}\n{ctx}"
@@ -939,7 +940,7 @@ def test_regression_declared_constant_refused(declared):
     "A declared lipschitz_constant must be a finite real >= 0; anything else is refused (81a32c6: NaN gave a NaN bound)."
     model = nn.Sequential(nn.Linear(2, 2), Declared(declared)).double().eval()
     x = torch.randn(3, 2, dtype=F64)
-    for fname, call in BOUNDS + [('certify', lambda m, s: lipnotes.certificates.certify(m, x, steps=2))]:
+    for fname, call in BOUNDS + [('certify', lambda m, s: lipnotes.tight.certify(m, x, steps=2))]:
         with pytest.raises((ValueError, TypeError)) as e:
             call(model, (2,))
         assert str(e.value).startswith(f"{fname}: "), f"{fname}: {type(e.value).__name__}: {e.value}"
