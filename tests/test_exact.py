@@ -4,9 +4,11 @@ of dimension 1 or 2, from an enumeration of all its linear regions on the homoge
 Randomized nets (fixed seeds; 1-D and 2-D inputs; 1 to 3 hidden layers of width 1 to 12; ReLU and LeakyReLU with slopes
 0.01, 0.3, 1.7, -0.5 and -2; zero rows, duplicate neurons, no bias, nested Sequentials, Identity/Flatten/eval Dropout).
 On each, independently of the enumeration:
-  * the constant is never below the largest autograd (torch.func.jacrev) Jacobian norm over a dense grid of a box that
-    holds every finite region corner, plus far-away points on rays (beyond float64 rounding: relative 1e-12), and the two
-    agree to relative 1e-9 (TOL_SAMPLED below: every net here has its maximising region wide enough for the grid);
+  * the constant is never below the largest autograd (torch.func.jacrev) Jacobian norm over dense grids of a box that
+    holds every finite region corner (and of boxes 4, 16, ... times smaller), plus far-away points on rays (beyond
+    float64 rounding: relative 1e-12); where the samples meet the maximising region, the two agree to relative 1e-9
+    (TOL_SAMPLED), and they meet it on at least 90% of the nets (a small maximising region can escape any grid: then
+    the value is still confirmed as attained by jacrev at `point`);
   * the Jacobian at `point` (jacrev) is `jacobian`, and its norm is `value`;
   * every sample's activation pattern is one of the enumerated regions and its jacrev Jacobian is that region's;
   * every enumerated piece is real (a forward pass at its interior point follows its pattern), and the pieces tile the
@@ -297,6 +299,7 @@ CASES = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 @pytest.mark.parametrize('case', range(len(CASES)))
 def test_rejects(rejects, case):
     rejects(*CASES[case])
