@@ -24,7 +24,8 @@ API = {'core.html': ['public', 'fail', 'check_tensor', 'unit', 'leaves'],
        'lipschitz.html': ['activation_lipschitz', 'layer_rule', 'layer_constant', 'composition_bound'],
        'certificates.html': ['lipschitz_upper_bound', 'jacobian_spectral_norm', 'lipschitz_lower_bound',
                              'check_lower_bound_arguments'],
-       'tight_certificates.html': ['certified_radius', 'certified_accuracy', 'certify'],
+       'tight_certificates.html': ['activation_slopes', 'lipsdp_bound', 'compositional_bound', 'certify_multipliers',
+                                   'exact_lipschitz', 'certified_radius', 'certified_accuracy', 'certify'],
        'frobenius.html': ['weight_matrices', 'l2_penalty', 'conv_overlap_factor', 'frobenius_lipschitz_bound'],
        'power_iteration.html': ['power_iteration', 'conv_operator_norm', 'spectral_penalty'],
        'gradient_inequality.html': ['input_grad_norm', 'param_grad_norm', 'gradient_inequality'],
@@ -35,7 +36,7 @@ API = {'core.html': ['public', 'fail', 'check_tensor', 'unit', 'leaves'],
        'logit_adjustment.html': ['class_priors', 'logit_adjusted_loss', 'LogitAdjustedLoss', 'posthoc_adjust',
                                  'per_class_error', 'balanced_error']}
 NO_MODULE = {'index.html'}          # pages that export nothing, so have no source links
-FIGURES = {'certificates.html': 2, 'frobenius.html': 1, 'power_iteration.html': 2, 'gradient_inequality.html': 1,
+FIGURES = {'certificates.html': 2, 'tight_certificates.html': 1, 'frobenius.html': 1, 'power_iteration.html': 2, 'gradient_inequality.html': 1,
            'adversarial_training.html': 2, 'sharpness.html': 2, 'wgan.html': 5,
            'logit_adjustment.html': 1}
 
@@ -90,7 +91,8 @@ def visible_text(dom):
 
 @needs_chromium
 @pytest.mark.parametrize('page', ['index.html', 'core.html', 'data.html', 'lipschitz.html', 'frobenius.html',
-                                  'power_iteration.html', 'certificates.html', 'gradient_inequality.html',
+                                  'power_iteration.html', 'certificates.html', 'tight_certificates.html',
+                                  'gradient_inequality.html',
                                   'adversarial_training.html', 'sharpness.html', 'wgan.html', 'logit_adjustment.html'])
 def test_page_in_chromium(site, page):
     dom = chromium('--dump-dom', (site / page).as_uri()).stdout

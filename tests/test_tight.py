@@ -232,12 +232,9 @@ def test_bad_input(call, exc, fname, arg, rejects):
     rejects(call, exc, fname, arg)
 
 
-NAMED = "coordinator: an activation refused inside lipsdp_bound is reported as 'activation_slopes: ...' (the public " \
-        "function called inside _walk names itself); fix: @public(shared=True) on activation_slopes"
 INNER = [chain(nn.Threshold(0.1, 0.0)), chain(BigReLU()), chain(hooked(nn.ReLU())), chain(nn.Softplus()).double()]
 
 
-@pytest.mark.xfail(strict=True, reason=NAMED)
 @pytest.mark.parametrize("net", INNER, ids=['Threshold', 'BigReLU', 'hooked ReLU', 'Softplus float64'])
 def test_bad_activation_named_by_lipsdp_bound(net, rejects):
     rejects(lambda: lipsdp_bound(net), ValueError, "lipsdp_bound", "model")
