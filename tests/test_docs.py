@@ -36,7 +36,8 @@ API = {'core.html': ['public', 'fail', 'check_tensor', 'unit', 'leaves'],
        'logit_adjustment.html': ['class_priors', 'logit_adjusted_loss', 'LogitAdjustedLoss', 'posthoc_adjust',
                                  'per_class_error', 'balanced_error']}
 NO_MODULE = {'index.html'}          # pages that export nothing, so have no source links
-FIGURES = {'certificates.html': 2, 'tight_certificates.html': 1, 'frobenius.html': 1, 'power_iteration.html': 2, 'gradient_inequality.html': 1,
+FIGURES = {'certificates.html': 2, 'tight_certificates.html': 1,
+           'frobenius.html': 1, 'power_iteration.html': 2, 'gradient_inequality.html': 1,
            'adversarial_training.html': 2, 'sharpness.html': 2, 'wgan.html': 5,
            'logit_adjustment.html': 1}
 
