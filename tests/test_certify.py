@@ -15,39 +15,8 @@ import lipnotes.tight
 from lipnotes.certificates import lipschitz_upper_bound
 from lipnotes.tight import Certificate, certify, exact_lipschitz
 
-# --- from test_bad_input_certificates.py ---------------------------------------------------------------------------------
-torch.manual_seed(0)
-mlp = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2)).double()
-cnn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 3 * 3, 2)).double()
-x = torch.randn(3, 4, dtype=torch.float64)
-nan_x = x.clone(); nan_x[1, 2] = float('nan')
-
-
-def declared(c):
-    m = nn.Linear(4, 4).double(); m.lipschitz_constant = c
-    return nn.Sequential(m)
-
-
-def nan_weight():
-    m = nn.Linear(4, 2).double()
-    with torch.no_grad(): m.weight[0, 0] = float('nan')
-    return nn.Sequential(m)
-
-
-class BigLinear(nn.Linear):
-    "A Linear whose forward returns 100x its output: not a Linear as far as any rule is concerned."
-    def forward(self, z): return 100 * super().forward(z)
-
-
-def hooked(module):
-    module.register_forward_hook(lambda m, i, o: 100 * o)
-    return module
-
-
-def bad_bn(attr, value, eps=1e-5):
-    bn = nn.BatchNorm1d(3, eps=eps).double().eval()
-    with torch.no_grad(): getattr(bn, attr)[1] = value
-    return nn.Sequential(nn.Linear(4, 3).double(), bn)
+# --- the models and inputs of test_bad_input_certificates.py, shared rather than copied ----------------------------------
+from test_bad_input_certificates import BigLinear, bad_bn, cnn, declared, hooked, mlp, nan_weight, nan_x, x  # noqa: E402
 
 
 relu2 = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)).double()
@@ -300,36 +269,7 @@ def test_certify_lower_never_above_upper_on_the_chapter_nets():
         assert 0 < cert.lower <= cert.upper and cert.lower <= J * (1 + 1e-4) and cert.lower >= J * 0.999
 
 
-def _dense_lip_at(f, xs):
-    return max(torch.linalg.matrix_norm(jacrev(lambda z: f(z.unsqueeze(0))[0])(xi).reshape(-1, xi.numel()), 2).item() for xi in xs)
-
-
-def _instance_forward():
-    lin = nn.Linear(3, 3).double()
-    lin.forward = lambda z: 10 * nn.functional.linear(z, lin.weight, lin.bias)
-    return nn.Sequential(lin), None
-
-
-class _Twice(nn.Sequential):
-    def __iter__(self): return iter(list(self._modules.values()) * 2)
-
-
-class _Scaled(nn.Sequential):
-    def __call__(self, z): return 10 * super().__call__(z)
-
-
-class _Cv(nn.Conv2d):
-    def _conv_forward(self, z, w, b): return super()._conv_forward(10 * z, w, b)
-
-
-class _CallImpl(nn.Linear):
-    def _call_impl(self, *a, **k): return 10 * super()._call_impl(*a, **k)
-
-
-def _twice():
-    m = _Twice(nn.Linear(3, 3)).double()
-    with torch.no_grad(): m[0].weight.copy_(2 * torch.eye(3))
-    return m, None
+from test_certificates import _CallImpl, _Cv, _Scaled, _dense_lip_at, _instance_forward, _twice  # noqa: E402
 
 
 @pytest.mark.parametrize("make", [_instance_forward, _twice, lambda: (_Scaled(nn.Linear(3, 3)).double(), None),
