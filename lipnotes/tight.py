@@ -429,7 +429,7 @@ def _chain_bound(c, variant, solver, tol):
     "(proven bound, claimed bound, multipliers) of one chain, solved and proven in its normalised form."
     if (norm := _normalised(c)) is None: return 0.0, 0.0, [torch.zeros(len(W), dtype=torch.float64) for W in c.weights[:-1]]
     Ws, alive, e = norm
-    norms = [_sqrt_up(_certified_rho([W.T if W.shape[1] > len(W) else W], [], [])[0]).item() for W in Ws]   # the smaller Gram
+    norms = [_sqrt_up(_certified_rho([W.T if W.shape[1] > len(W) else W], [], [], improve=False)[0]).item() for W in Ws]
     product = _product_up(norms + [max(abs(a), abs(b)) for a, b in c.slopes]).item()
     earlier = []                                                            # the barrier's earlier stages
     if len(Ws) == 1: rho, lams = _candidate(Ws, [], []), []                  # one weight layer: its norm
