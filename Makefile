@@ -64,5 +64,17 @@ test: lint check-sync
 bench: install
 	@set -e; for f in benchmarks/bench_*.py; do echo "=== $$f"; $(PY) $$f; done
 
+# `make lab`: the book (nbs/) in JupyterLab, its notebooks run by this venv's python. The venv's `python3` kernelspec is
+# (re)written with the venv's absolute python, and the venv's share/jupyter goes first on JUPYTER_PATH, ahead of the user's
+# (~/.local/share/jupyter), so a user-level `python3` kernelspec cannot replace it. Extra arguments: LAB_ARGS, e.g.
+# make lab LAB_ARGS="--no-browser --port=8899"; LAB_ROOT serves another folder (tests/test_lab.py: a copy of nbs/).
+LAB_ROOT ?= nbs
+LAB_ARGS ?=
+.PHONY: lab
+lab: install
+	$(PY) -m ipykernel install --sys-prefix --name python3
+	JUPYTER_PATH="$(abspath $(VENV))/share/jupyter$${JUPYTER_PATH:+:$$JUPYTER_PATH}" \
+	  exec $(BIN)/jupyter lab --ServerApp.root_dir="$(LAB_ROOT)" $(LAB_ARGS)
+
 clean:
 	rm -rf _proc docs .pytest_cache
