@@ -237,10 +237,10 @@ def _circular_pad_adjoint(y, ph, pw):
 # %% ../nbs/04_power_iteration.ipynb #570f4c92
 class OperatorNorm(NamedTuple):
     "Result of `conv_operator_norm`: the norm, the top singular images u (output) and v (input), and the steps taken."
-    sigma: torch.Tensor
-    u: torch.Tensor
-    v: torch.Tensor
-    n_iter: int
+    sigma: torch.Tensor  # the estimate ||conv(v)|| of the unit v below: up to rounding, a lower bound on the norm
+    u: torch.Tensor      # conv(v) / ||conv(v)||, a unit output image (C_out, H_out, W_out)
+    v: torch.Tensor      # the top right-singular estimate, a unit input image (C, H, W)
+    n_iter: int          # the power steps taken
 
 # %% ../nbs/04_power_iteration.ipynb #b7c4e2a1
 def _check_conv_input(weight, input_shape, geometry):
