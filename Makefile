@@ -10,7 +10,7 @@ TORCH_LOCAL ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 
-.PHONY: install export docs readme lint test check-sync bench clean
+.PHONY: install export docs readme lint test check-sync bench clean vendor
 
 install: $(VENV)/.installed
 
@@ -78,3 +78,14 @@ lab: install
 
 clean:
 	rm -rf _proc docs .pytest_cache
+
+# Re-fetch the vendored search library from the npm registry (npm checks the tarball's integrity) and check that it is
+# the file committed in tools/vendor/minisearch/ (sha256 in its README). `make docs` never needs the network.
+MINISEARCH := minisearch@7.2.0
+vendor:
+	@tmp=$$(mktemp -d); cd $$tmp && npm pack -q $(MINISEARCH) >/dev/null && tar xzf minisearch-*.tgz && \
+	  cp package/dist/umd/index.js $(CURDIR)/tools/vendor/minisearch/minisearch.js && \
+	  cp package/LICENSE.txt $(CURDIR)/tools/vendor/minisearch/LICENSE.txt; rm -rf $$tmp; \
+	cd $(CURDIR) && grep -q "$$(sha256sum tools/vendor/minisearch/minisearch.js | cut -d' ' -f1)" tools/vendor/minisearch/README.md \
+	  && echo "tools/vendor/minisearch/minisearch.js: $(MINISEARCH) from the registry, sha256 as recorded" \
+	  || { echo "minisearch.js differs from the recorded sha256: update tools/vendor/minisearch/README.md on purpose"; exit 1; }
