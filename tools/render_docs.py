@@ -11,7 +11,8 @@ notebook to download, a Markdown copy of each page and an `llms.txt` (the nbdev 
     python tools/render_docs.py            # nbdev-proc-nbs, then the site into docs/ (pyproject's doc_path)
     python tools/render_docs.py --readme   # README.md from nbs/index.ipynb
 """
-import argparse, base64, hashlib, html, importlib, inspect, json, re, shutil, subprocess, sys, tomllib
+import argparse, base64, hashlib, html, importlib, inspect, json, os, re, shutil, subprocess, sys, tomllib
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -209,8 +210,12 @@ def pandoc(markdown, *args):
 
 def to_html(markdown):
     "pandoc markdown -> HTML5 fragment, math as MathML, code highlighted; fails on math pandoc cannot convert."
+    images = []                       # embedded figures bypass pandoc (it is slow on long base64 strings)
+    def stash(m): images.append(m.group(0)); return f'data:stash/{len(images) - 1}'
+    out = pandoc(re.sub(r'data:image/png;base64,[A-Za-z0-9+/=]+', stash, markdown))
+    out = re.sub(r'data:stash/(\d+)', lambda m: images[int(m.group(1))], out)
     # nbdev writes site-absolute links (/power_iteration.html#...); make them relative so the site works from any folder
-    return re.sub(r'href="/([\w.-]+\.html)', r'href="\1', pandoc(markdown))
+    return re.sub(r'href="/([\w.-]+\.html)', r'href="\1', out)
 
 
 def highlight_css():
@@ -487,13 +492,19 @@ def render_site(out_dir, proc_dir):
     (out_dir / 'minisearch.js').write_bytes(minisearch_js())
     (out_dir / 'search.js').write_text(SEARCH_JS)
     search, llm_pages, api = [], [], []
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:       # pandoc runs as processes: one per core at a time
+        mods = [m for m in sorted((ROOT / 'lipnotes').glob('*.py')) if not m.name.startswith('_')]
+        sources = pool.map(source_page, mods)
+        descs = list(pool.map(lambda p: to_html(p[1]['description']) if p[1].get('description') else '', pages))
+        bodies = list(pool.map(lambda p: to_html(p[2]), pages))
+        for mod, text in zip(mods, sources): (out_dir / 'source' / f'{mod.name}.html').write_text(text)
     for i, (name, meta, md) in enumerate(pages):
         title = meta.get('title', name)
         links = '\n'.join(
             f'<li><a href="{html_name(n)}"{CURRENT if n == name else ""}>{html.escape(m.get("title", n))}</a></li>'
             for n, m, _ in pages)
         desc = meta.get('description')
-        body = to_html(md)
+        body = bodies[i]
         secs = sections(body)
         prev_, next_ = (pages[i - 1] if i else None), (pages[i + 1] if i + 1 < len(pages) else None)
         pager = '<nav class="pager" aria-label="Previous and next chapters">' + ''.join(
@@ -503,7 +514,7 @@ def render_site(out_dir, proc_dir):
                      f'<code>nbs/{name}</code></a>; in a clone of the repository, <code>make lab</code> opens the book in '
                      f'JupyterLab with the project\'s environment as its kernel.</p>')
         page = PAGE.format(title=html.escape(title), site=html.escape(site), links=links,
-                           description=to_html(desc).replace('<p>', '<p class="description">', 1) if desc else '',
+                           description=descs[i].replace('<p>', '<p class="description">', 1),
                            open_line=open_line, body=body, pager=pager, toc=toc_html(secs))
         (out_dir / html_name(name)).write_text(page)
         (out_dir / (html_name(name) + '.md')).write_text(page_markdown(title, desc, md))
@@ -512,9 +523,6 @@ def render_site(out_dir, proc_dir):
         llm_pages.append((name, title, desc or ''))
         api += api_entries(name, body)
         if name == config().get('readme_nb', 'index.ipynb'): cfg_desc = desc or ''
-    for mod in sorted((ROOT / 'lipnotes').glob('*.py')):
-        if mod.name.startswith('_'): continue
-        (out_dir / 'source' / f'{mod.name}.html').write_text(source_page(mod))
     (out_dir / 'search-data.js').write_text(
         '// The book\'s sections for search.js: written by tools/render_docs.py\nwindow.LIPNOTES_SEARCH = '
         + json.dumps(search, ensure_ascii=False) + ';\n')
