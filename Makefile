@@ -79,13 +79,20 @@ lab: install
 clean:
 	rm -rf _proc docs .pytest_cache
 
-# Re-fetch the vendored search library from the npm registry (npm checks the tarball's integrity) and check that it is
-# the file committed in tools/vendor/minisearch/ (sha256 in its README). `make docs` never needs the network.
+# Re-fetch the vendored search library from the npm registry and check it: the tarball's sha512 against the registry's
+# integrity and the one recorded in tools/vendor/minisearch/README.md, the file's sha256 against the recorded one; only
+# then copy it. Another version means updating the README's records on purpose. `make docs` never needs the network.
 MINISEARCH := minisearch@7.2.0
+SHA512 := import base64, hashlib, sys; print('sha512-' + base64.b64encode(hashlib.sha512(open(sys.argv[1], 'rb').read()).digest()).decode())
 vendor:
-	@tmp=$$(mktemp -d); cd $$tmp && npm pack -q $(MINISEARCH) >/dev/null && tar xzf minisearch-*.tgz && \
-	  cp package/dist/umd/index.js $(CURDIR)/tools/vendor/minisearch/minisearch.js && \
-	  cp package/LICENSE.txt $(CURDIR)/tools/vendor/minisearch/LICENSE.txt; rm -rf $$tmp; \
-	cd $(CURDIR) && grep -q "$$(sha256sum tools/vendor/minisearch/minisearch.js | cut -d' ' -f1)" tools/vendor/minisearch/README.md \
-	  && echo "tools/vendor/minisearch/minisearch.js: $(MINISEARCH) from the registry, sha256 as recorded" \
-	  || { echo "minisearch.js differs from the recorded sha256: update tools/vendor/minisearch/README.md on purpose"; exit 1; }
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; readme=tools/vendor/minisearch/README.md; \
+	(cd "$$tmp" && npm pack -q $(MINISEARCH) >/dev/null) || { echo "vendor: npm pack $(MINISEARCH) failed"; exit 1; }; \
+	tgz=$$(ls "$$tmp"/minisearch-*.tgz); got=$$($(PYTHON) -c "$(SHA512)" "$$tgz"); \
+	want=$$(npm view $(MINISEARCH) dist.integrity); \
+	[ "$$got" = "$$want" ] || { echo "vendor: the tarball's $$got is not the registry's integrity $$want"; exit 1; }; \
+	grep -qF -- "$$got" $$readme || { echo "vendor: $$got is not the integrity recorded in $$readme"; exit 1; }; \
+	tar xzf "$$tgz" -C "$$tmp"; sha=$$(sha256sum "$$tmp/package/dist/umd/index.js" | cut -d' ' -f1); \
+	grep -qF -- "$$sha" $$readme || { echo "vendor: dist/umd/index.js has sha256 $$sha, not the one in $$readme"; exit 1; }; \
+	cp "$$tmp/package/dist/umd/index.js" tools/vendor/minisearch/minisearch.js; \
+	cp "$$tmp/package/LICENSE.txt" tools/vendor/minisearch/LICENSE.txt; \
+	echo "tools/vendor/minisearch: $(MINISEARCH) fetched; sha512 (registry and README) and sha256 (README) match"

@@ -11,7 +11,7 @@ notebook to download, a Markdown copy of each page and an `llms.txt` (the nbdev 
     python tools/render_docs.py            # nbdev-proc-nbs, then the site into docs/ (pyproject's doc_path)
     python tools/render_docs.py --readme   # README.md from nbs/index.ipynb
 """
-import argparse, base64, hashlib, html, importlib, inspect, json, os, re, shutil, subprocess, sys, tomllib
+import argparse, base64, functools, hashlib, html, importlib, inspect, json, os, re, shutil, subprocess, sys, tomllib
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
@@ -59,14 +59,40 @@ def api_object(module, name):
     except (ImportError, AttributeError): return None
 
 
+@functools.lru_cache(maxsize=None)
+def public_path(dotted):
+    """A dotted name as a reader writes it: builtins, typing and lipnotes names bare (`int`, `Optional`, `PowerMethod`),
+    others by the shortest module path that exports the same object (torch.nn.modules.module.Module -> torch.nn.Module);
+    unchanged where it names no importable object."""
+    parts = dotted.split('.')
+    if parts[0] in ('builtins', 'typing', '__main__', 'lipnotes'): return parts[-1]
+    obj = None
+    for i in range(len(parts) - 1, 0, -1):          # the longest importable module prefix, then attributes
+        try: obj = importlib.import_module('.'.join(parts[:i]))
+        except ImportError: continue
+        for a in parts[i:]: obj = getattr(obj, a, None)
+        break
+    if obj is None: return dotted
+    for i in range(1, len(parts) - 1):
+        try:
+            if getattr(importlib.import_module('.'.join(parts[:i])), parts[-1], None) is obj:
+                return '.'.join(parts[:i] + parts[-1:])
+        except ImportError: continue
+    return dotted
+
+
+def public_paths(text):
+    "Every dotted name in `text` (an annotation, a signature) by `public_path`."
+    return re.sub(r'(?<![\w.])[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+', lambda m: public_path(m.group(0)), text)
+
+
 def type_name(anno):
-    "An annotation as a reader writes it: `int`, `torch.Tensor | None`, `Optional[Callable]`."
+    "An annotation as a reader writes it: `int`, `torch.Tensor | None`, `Optional[Callable]`, `torch.nn.Module`."
     if anno is inspect.Parameter.empty: return ''
+    if isinstance(anno, str): return anno
     if isinstance(anno, type) and not getattr(anno, '__args__', None):
-        mod = anno.__module__
-        if mod in ('builtins', '__main__') or mod.startswith('lipnotes'): return anno.__qualname__
-        return f'{mod.split(".")[0]}.{anno.__qualname__}'
-    return re.sub(r'\b(typing|__main__|lipnotes\.\w+)\.', '', str(anno)).replace('torch.nn.modules.module.', 'torch.nn.')
+        return public_path(f'{anno.__module__}.{anno.__qualname__}')
+    return public_paths(str(anno))
 
 
 def is_namedtuple(obj):
@@ -91,26 +117,39 @@ def namedtuple_fields(cls):
     return rows
 
 
+def star_comment(fn, name):
+    "The comment after a `*name` / `**name` parameter in `fn`'s source (docments reads none there); '' if none."
+    try: src = inspect.getsource(fn)
+    except (OSError, TypeError): return ''
+    m = re.search(rf'\*{{1,2}}{name}\b[^#\n]*#\s*(.*)$', src, re.M)
+    return m.group(1).strip() if m else ''
+
+
 def parameter_rows(obj):
-    "[(name, type, default, details)] for a function's or class's parameters (docments), '' where absent; [] if none."
+    """[(name, type, default, details)] of a function's or class's parameters: names, types (as annotated: blank where
+    none) and defaults from inspect.signature, details from the docments; a documented *args / **kwargs included;
+    a last row '**Returns**' where the return is annotated or documented. [] where there are no parameters."""
     from fastcore.docments import docments
     if is_namedtuple(obj):     # its fields; or the parameters of a __new__ it defines itself (which checks them)
         if not own_new(obj): return namedtuple_fields(obj)
         obj = obj.__new__
-    try: dm = docments(obj, full=True, returns=True)
+    try: sig, dm = inspect.signature(obj), docments(obj, full=True, returns=True)
     except (TypeError, ValueError, OSError): return []
+    fn = obj.__init__ if isinstance(obj, type) else obj
     rows = []
-    for name, d in dm.items():
-        if name in ('self', 'cls') or d.get('kind') in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD) \
-                and not d.get('docment'):
-            continue
-        if name == 'return':
-            if d['anno'] is not inspect.Parameter.empty or d.get('docment'):
-                rows.append(('**Returns**', type_name(d['anno']), '', d.get('docment') or ''))
-            continue
-        default = '' if d['default'] is inspect.Parameter.empty else repr(d['default'])
-        rows.append((name, type_name(d['anno']), default, d.get('docment') or ''))
-    return rows if any(r[0] != '**Returns**' for r in rows) else []
+    for name, p in sig.parameters.items():
+        if name in ('self', 'cls'): continue
+        doc = (dm.get(name) or {}).get('docment') or ''
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            doc = doc or star_comment(fn, name)
+            if not doc: continue
+            name = ('*' if p.kind is p.VAR_POSITIONAL else '**') + name
+        default = '' if p.default is p.empty else repr(p.default)
+        rows.append((name, type_name(p.annotation), default, doc))
+    ret = (dm.get('return') or {}).get('docment') or ''
+    if rows and (sig.return_annotation is not sig.empty or ret):
+        rows.append(('**Returns**', type_name(sig.return_annotation), '', ret))
+    return rows
 
 
 def inline(text):
@@ -140,6 +179,7 @@ def api_markdown(md):
     obj = api_object(module, name)
     md = re.sub(r'\(/blob/[\w.-]+/lipnotes/(\w+)\.py#L(\d+)\)', r'(source/\1.py.html#L-\2)', md)
     md = md.replace('__main__.', '')
+    md = re.sub(r'```python\n.*?\n```', lambda f: public_paths(f.group(0)), md, count=1, flags=re.S)
     if obj is None: return md
     if is_namedtuple(obj) and not own_new(obj):      # NamedTuple: show the fields, not (*args, **kwargs)
         sig = f'class {name}(NamedTuple):\n' + '\n'.join(f'    {f}: {t}' for f, t, _, _ in namedtuple_fields(obj))
@@ -155,10 +195,12 @@ def output_markdown(out):
     if kind == 'stream': return fence(ANSI.sub('', ''.join(out['text'])), 'text')
     if kind == 'error': return fence(ANSI.sub('', '\n'.join(out['traceback'])), 'text')
     data = out.get('data', {})
-    if 'image/png' in data:
-        png = ''.join(data['image/png']).replace('\n', '')
-        base64.b64decode(png, validate=True)
-        return f'<figure class="cell-figure"><img src="data:image/png;base64,{png}" alt="figure"></figure>'
+    for mime in ('image/png', 'image/jpeg', 'image/svg+xml'):
+        if mime not in data: continue
+        raw = ''.join(data[mime])
+        b64 = base64.b64encode(raw.encode()).decode() if mime == 'image/svg+xml' else raw.replace('\n', '')
+        base64.b64decode(b64, validate=True)
+        return f'<figure class="cell-figure"><img src="data:{mime};base64,{b64}" alt="figure"></figure>'
     if 'text/markdown' in data:
         return api_markdown(''.join(data['text/markdown']))
     if 'text/html' in data: return ''.join(data['text/html'])
@@ -210,10 +252,12 @@ def pandoc(markdown, *args):
 
 def to_html(markdown):
     "pandoc markdown -> HTML5 fragment, math as MathML, code highlighted; fails on math pandoc cannot convert."
-    images = []                       # embedded figures bypass pandoc (it is slow on long base64 strings)
-    def stash(m): images.append(m.group(0)); return f'data:stash/{len(images) - 1}'
-    out = pandoc(re.sub(r'data:image/png;base64,[A-Za-z0-9+/=]+', stash, markdown))
-    out = re.sub(r'data:stash/(\d+)', lambda m: images[int(m.group(1))], out)
+    kept = []       # embedded figures (pandoc is slow on long base64) and parameter tables (finished HTML) bypass pandoc
+    def stash(m): kept.append(m.group(0)); return f'data:stash/{len(kept) - 1}'
+    def stash_table(m): kept.append(m.group(0)); return f'<!--stash:{len(kept) - 1}-->'
+    markdown = re.sub(r'data:image/[\w.+-]+;base64,[A-Za-z0-9+/=]+', stash, markdown)
+    out = pandoc(re.sub(r'<table class="params">.*?</table>', stash_table, markdown, flags=re.S))
+    out = re.sub(r'data:stash/(\d+)|<!--stash:(\d+)-->', lambda m: kept[int(m.group(1) or m.group(2))], out)
     # nbdev writes site-absolute links (/power_iteration.html#...); make them relative so the site works from any folder
     return re.sub(r'href="/([\w.-]+\.html)', r'href="\1', out)
 
@@ -232,20 +276,22 @@ def highlight_css():
 
 # --------------------------------------------------------------------------------------------- sections and search
 class _Text(HTMLParser):
-    "Visible prose of an HTML fragment: code blocks, math, figures, scripts and table headers left out."
+    "Visible prose of an HTML fragment, math as its TeX; code blocks, figures, scripts and table headers left out."
     SKIP = {'pre', 'math', 'script', 'style', 'figure', 'thead'}
 
     def __init__(self):
-        super().__init__(); self.depth, self.parts = 0, []
+        super().__init__(); self.depth, self.tex, self.parts = 0, False, []
 
     def handle_starttag(self, tag, attrs):
         if tag in self.SKIP: self.depth += 1
+        self.tex = self.tex or tag == 'annotation'
 
     def handle_endtag(self, tag):
         if tag in self.SKIP and self.depth: self.depth -= 1
+        if tag == 'annotation': self.tex = False
 
     def handle_data(self, data):
-        if not self.depth: self.parts.append(data)
+        if not self.depth or self.tex: self.parts.append(data)
 
 
 def text_of(fragment):
@@ -271,7 +317,9 @@ def heading_html(inner):
     return re.sub(r'</?a\b[^>]*>', '', inner).strip()
 
 
-def toc_html(secs):
+def toc_html(secs, inline=False):
+    """The contents panel: the page's h2 sections with their h3 entries nested; beside the text (#toc), or, for narrow
+    windows, folded at the top of it (inline=True)."""
     items, open_sub = [], False
     for level, ident, inner, _ in secs:
         if level == 1: continue
@@ -285,14 +333,16 @@ def toc_html(secs):
             items.append(f'<li class="api">{link}</li>' if re.fullmatch(r'[\w.]+', text_of(inner)) else f'<li>{link}</li>')
     if open_sub: items.append('</ul></li>')
     html_ = '\n'.join(items).replace('<ul>\n</ul>', '')
+    if inline: return f'<details class="toc-inline"><summary>On this page</summary><ul>\n{html_}\n</ul></details>' if items else ''
     return f'<nav class="toc" id="toc" aria-label="On this page"><h2>On this page</h2><ul>\n{html_}\n</ul></nav>'
 
 
-def search_documents(page, chapter, secs):
-    "One search document per section: its heading, the API names it documents, its prose."
+def search_documents(page, chapter, desc, secs):
+    "One search document per section (its heading, the API names it documents, its prose), and one for the page."
     docs = []
     for level, ident, inner, frag in secs:
         title = text_of(inner) if level > 1 else chapter
+        if level == 1: frag = f'<p>{html.escape(desc)}</p>' + frag       # the chapter: its title and description
         api = title if level == 3 and re.fullmatch(r'\w+', title) else ''
         text = text_of(frag)
         if not (text or api): continue
@@ -323,7 +373,9 @@ nav.toc{flex:0 0 15rem;padding:1.5rem 1rem;position:sticky;top:0;height:100vh;bo
 nav.toc h2{font-size:.95rem;margin:0 0 .5rem} nav.toc ul{list-style:none;padding-left:0;margin:0}
 nav.toc ul ul{padding-left:.9rem} nav.toc li{margin:.2rem 0} nav.toc a{color:#1a5fb4;text-decoration:none}
 nav.toc li.api a{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.8rem}
-@media (max-width:70rem){nav.toc{display:none}}
+details.toc-inline{display:none;font-size:.9rem;margin:.5rem 0 1rem} details.toc-inline summary{cursor:pointer}
+details.toc-inline ul{list-style:none;padding-left:1rem} details.toc-inline a{color:#1a5fb4;text-decoration:none}
+@media (max-width:70rem){nav.toc{display:none} details.toc-inline{display:block}}
 @media (max-width:48rem){.layout{display:block} nav.sidebar{position:static;height:auto;border-right:0;
   border-bottom:1px solid #ddd} main{padding:1rem}}
 h1.title{margin-bottom:.2rem} p.description{font-size:1.1rem;color:#555;margin-top:0}
@@ -331,7 +383,8 @@ p.open-chapter{font-size:.9rem;color:#444;background:#f3f7fb;border-left:3px sol
 pre{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:4px;padding:.6rem .8rem;overflow-x:auto;font-size:.85rem}
 code{font-family:ui-monospace,"SFMono-Regular",Menlo,Consolas,monospace}
 figure.cell-figure{margin:1rem 0} figure.cell-figure img{max-width:100%}
-table{border-collapse:collapse} th,td{border:1px solid #ccc;padding:.25rem .6rem}
+table{border-collapse:collapse;display:block;max-width:100%;overflow-x:auto} th,td{border:1px solid #ccc;padding:.25rem .6rem}
+main math{max-width:100%;overflow-x:auto} main p,main li{overflow-wrap:break-word}
 table.params{font-size:.85rem;margin:.6rem 0 1.2rem} table.params th{background:#f5f6f8;text-align:left}
 details.code-fold summary{cursor:pointer;color:#555}
 math[display="block"]{margin:.8rem 0;overflow-x:auto;overflow-y:hidden;padding:.2rem 0}
@@ -366,15 +419,33 @@ SEARCH_JS = r"""// Offline search over every section of the book: MiniSearch (ve
 // documents of search-data.js at the first keystroke; nothing is fetched, so it works from file:// and any static server.
 (function () {
   const input = document.getElementById('search'), list = document.getElementById('search-results');
+  const SPLIT = /[\n\r\p{Z}\p{P}]+/u;     // MiniSearch's own separators
+  const CJK = /[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]+/gu;
+  // Chinese, Japanese and Korean are written without spaces: index each run of them by its overlapping character pairs
+  // (a single character alone), so that any word inside a run is found
+  function tokenize(text) {
+    const out = [];
+    for (const t of text.split(SPLIT)) {
+      if (!t) continue;
+      for (const w of t.replace(CJK, ' ').split(' ')) if (w) out.push(w);
+      for (const run of t.match(CJK) || []) {
+        if (run.length === 1) out.push(run);
+        for (let i = 0; i + 1 < run.length; i++) out.push(run.slice(i, i + 2));
+      }
+    }
+    return out;
+  }
   let index = null;
   const docs = {};
   function build() {
-    index = new MiniSearch({fields: ['title', 'api', 'text'], storeFields: ['page', 'anchor', 'chapter', 'title'],
-      searchOptions: {boost: {api: 4, title: 3}, prefix: true, fuzzy: 0.15, combineWith: 'AND'}});
+    index = new MiniSearch({fields: ['title', 'api', 'chapter', 'text'], storeFields: ['page', 'anchor', 'chapter', 'title'],
+      tokenize: tokenize,
+      searchOptions: {boost: {api: 3, title: 3, chapter: 1.5}, prefix: t => t.length > 1,
+                      fuzzy: t => t.length > 5 ? 0.2 : false, combineWith: 'AND', tokenize: tokenize}});
     for (const d of window.LIPNOTES_SEARCH) docs[d.id] = d;
     index.addAll(window.LIPNOTES_SEARCH);
   }
-  function esc(s) { return s.replace(/[&<>"]/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c])); }
+  function esc(s) { return s.replace(/[&<>"']/g, c => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c])); }
   function snippet(text, terms) {
     const low = text.toLowerCase();
     let at = -1;
@@ -386,7 +457,9 @@ SEARCH_JS = r"""// Offline search over every section of the book: MiniSearch (ve
     const q = input.value.trim();
     if (!q) { list.innerHTML = ''; return; }
     if (!index) build();
-    const hits = index.search(q).slice(0, 12);
+    const exact = h => h.title.toLowerCase() === q.toLowerCase() ? 0 : 1;    // a heading typed in full comes first
+    const hits = index.search(q).map((h, i) => [exact(h), i, h]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+      .map(x => x[2]).slice(0, 12);
     list.innerHTML = hits.length ? hits.map(h => {
       const href = h.page + (h.anchor ? '#' + h.anchor : '');
       return '<li><a href="' + esc(href) + '"><span class="title">' + esc(h.title) + '</span>' +
@@ -394,12 +467,21 @@ SEARCH_JS = r"""// Offline search over every section of the book: MiniSearch (ve
         '</div></a></li>';
     }).join('') : '<li class="none">No match for “' + esc(q) + '”</li>';
   }
+  function clear() { input.value = ''; list.innerHTML = ''; }
   input.addEventListener('input', show);
   input.addEventListener('keydown', e => {
     const first = list.querySelector('a');
-    if (e.key === 'Enter' && first) window.location.href = first.getAttribute('href');
-    if (e.key === 'Escape') { input.value = ''; show(); }
+    if (e.key === 'Enter' && first) { e.preventDefault(); first.click(); }
+    if (e.key === 'ArrowDown' && first) { e.preventDefault(); first.focus(); }
+    if (e.key === 'Escape') clear();
   });
+  list.addEventListener('keydown', e => {
+    const links = [...list.querySelectorAll('a')], i = links.indexOf(document.activeElement);
+    if (e.key === 'ArrowDown' && i + 1 < links.length) { e.preventDefault(); links[i + 1].focus(); }
+    if (e.key === 'ArrowUp') { e.preventDefault(); (i > 0 ? links[i - 1] : input).focus(); }
+    if (e.key === 'Escape') { clear(); input.focus(); }
+  });
+  window.addEventListener('hashchange', () => { list.innerHTML = ''; });
 })();
 """
 
@@ -450,7 +532,7 @@ def source_page(module_path):
 
 def page_markdown(title, desc, md):
     "The page as Markdown for readers that want text (llms.txt links here): math as TeX, figures named, no HTML figures."
-    md = re.sub(r'<figure class="cell-figure"><img src="data:image/png;base64,[^"]+" alt="figure"></figure>', '[figure]', md)
+    md = re.sub(r'<figure class="cell-figure"><img src="data:image/[^"]+" alt="figure"></figure>', '[figure]', md)
     md = re.sub(r'\(/?([\w.-]+)\.html(#[^)\s]*)?\)', r'(\1.html.md\2)', md)
     md = re.sub(r'<!-- WARNING: THIS FILE WAS AUTOGENERATED! DO NOT EDIT! -->\n*', '', md)
     md = re.sub(r'(\[source\]\([^)]+\))\{[^}]*\}', r'\1', md)
@@ -482,6 +564,16 @@ def api_entries(name, body):
     return out
 
 
+def api_links(body, api):
+    """nbdev links an API name to `page.html#name`; where a section heading of that page took the id `name` first, the
+    entry's heading got another (`digits-1`): point such links, a link whose text is the name in code, at the entry."""
+    ids = {(page, name): anchor for _, name, page, anchor, _ in api}
+    def fix(m):
+        want = ids.get((m.group(1), m.group(4)))
+        return m.group(0) if want is None else f'href="{m.group(1)}#{want}"{m.group(3)}><code>{m.group(4)}</code></a>'
+    return re.sub(r'href="([\w.-]+\.html)#([\w.-]+)"([^>]*)><code>(\w+)</code></a>', fix, body)
+
+
 def render_site(out_dir, proc_dir):
     names = sidebar_notebooks()
     pages = []
@@ -495,13 +587,15 @@ def render_site(out_dir, proc_dir):
     (out_dir / 'site.css').write_text(STYLE + highlight_css())
     (out_dir / 'minisearch.js').write_bytes(minisearch_js())
     (out_dir / 'search.js').write_text(SEARCH_JS)
-    search, llm_pages, api = [], [], []
+    search, llm_pages = [], []
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:       # pandoc runs as processes: one per core at a time
         mods = [m for m in sorted((ROOT / 'lipnotes').glob('*.py')) if not m.name.startswith('_')]
         sources = pool.map(source_page, mods)
         descs = list(pool.map(lambda p: to_html(p[1]['description']) if p[1].get('description') else '', pages))
         bodies = list(pool.map(lambda p: to_html(p[2]), pages))
         for mod, text in zip(mods, sources): (out_dir / 'source' / f'{mod.name}.html').write_text(text)
+    api = [e for (name, _, _), body in zip(pages, bodies) for e in api_entries(name, body)]
+    bodies = [api_links(body, api) for body in bodies]
     for i, (name, meta, md) in enumerate(pages):
         title = meta.get('title', name)
         links = '\n'.join(
@@ -519,13 +613,12 @@ def render_site(out_dir, proc_dir):
                      f'JupyterLab with the project\'s environment as its kernel.</p>')
         page = PAGE.format(title=html.escape(title), site=html.escape(site), links=links,
                            description=descs[i].replace('<p>', '<p class="description">', 1),
-                           open_line=open_line, body=body, pager=pager, toc=toc_html(secs))
+                           open_line=open_line + toc_html(secs, inline=True), body=body, pager=pager, toc=toc_html(secs))
         (out_dir / html_name(name)).write_text(page)
         (out_dir / (html_name(name) + '.md')).write_text(page_markdown(title, desc, md))
         shutil.copyfile(ROOT / 'nbs' / name, out_dir / 'notebooks' / name)
-        search += search_documents(html_name(name), title, secs)
+        search += search_documents(html_name(name), title, desc or '', secs)
         llm_pages.append((name, title, desc or ''))
-        api += api_entries(name, body)
         if name == config().get('readme_nb', 'index.ipynb'): cfg_desc = desc or ''
     (out_dir / 'search-data.js').write_text(
         '// The book\'s sections for search.js: written by tools/render_docs.py\nwindow.LIPNOTES_SEARCH = '
