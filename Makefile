@@ -12,9 +12,19 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 
 .PHONY: install export docs readme lint test check-sync bench clean vendor
 
+# `make docs` installs only what renders the book (the `docs` extra); `make install`, and so `make test`, everything
+# (the `dev` extra, which includes `docs`).
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@ $(VENV)/.installed-docs
+
+$(VENV)/.installed-docs: $(VENV)/.torch
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+$(VENV)/.torch: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if $(PY) -c "import torch" 2>/dev/null; then \
 	  echo "torch already installed: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
@@ -27,13 +37,13 @@ $(VENV)/.installed: pyproject.toml
 	    $(PY) -m pip install -q "torch>=2.4" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple; \
 	  fi; rm -rf $$tmp; \
 	fi
-	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 export: install
 	$(BIN)/nbdev-export
 
-docs: export
+docs: $(VENV)/.installed-docs
+	$(BIN)/nbdev-export
 	@if command -v quarto >/dev/null 2>&1; then \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/nbdev-docs; \
 	else \
@@ -41,7 +51,8 @@ docs: export
 	fi
 	$(PY) tools/render_docs.py --readme --no-proc
 
-readme: export
+readme: $(VENV)/.installed-docs
+	$(BIN)/nbdev-export
 	$(PY) tools/render_docs.py --readme
 
 # The notebooks are the source: fail if cleaning them or exporting the library would change any file.
