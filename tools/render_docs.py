@@ -278,6 +278,7 @@ def highlight_css():
 class _Text(HTMLParser):
     "Visible prose of an HTML fragment, math as its TeX; code blocks, figures, scripts and table headers left out."
     SKIP = {'pre', 'math', 'script', 'style', 'figure', 'thead'}
+    BLOCK = {'p', 'td', 'th', 'tr', 'li', 'div', 'dd', 'dt', 'h2', 'h3', 'h4', 'blockquote'}
 
     def __init__(self):
         super().__init__(); self.depth, self.tex, self.parts = 0, False, []
@@ -289,6 +290,7 @@ class _Text(HTMLParser):
     def handle_endtag(self, tag):
         if tag in self.SKIP and self.depth: self.depth -= 1
         if tag == 'annotation': self.tex = False
+        if tag in self.BLOCK: self.parts.append(' ')      # table cells, items and paragraphs do not run together
 
     def handle_data(self, data):
         if not self.depth or self.tex: self.parts.append(data)
