@@ -175,64 +175,83 @@ def _check_step(opt, closure):
         opt.__dict__.pop('grad_scale', None); opt.__dict__.pop('found_inf', None)
         raise fail(f"torch.amp.GradScaler cannot drive {name}: it unscales and checks the gradient once, before step, but "
                    f"{name} takes a second gradient inside step (its update would be the loss scale times too large). "
-                   "Call opt.step(closure) without a scaler: train in float32, or under torch.autocast with bfloat16, which "
-                   "needs no loss scaling")
+                   "Take the step in two halves instead, first_step and second_step, with the scaler around each backward "
+                   "pass (the chapter's recipe), or call opt.step(closure) without a scaler")
     if closure is None:
         raise fail("needs a closure that zeroes the gradients, computes the loss, calls backward() and returns the loss; "
                    "step calls it twice")
     check_callable(closure, 'closure')
 
 # %% ../nbs/09_sharpness.ipynb #b1e7c0a8
-def _gradient_at_theta(opt, closure):
-    "The first closure call: the loss, [(group, its params that have a gradient)], and the norm of g over all of them."
-    with torch.enable_grad(): loss = closure()
-    if loss is None: raise fail("the closure returned None; it must return the loss")
+def _gradient_norm(opt):
+    "[(group, its params that have a gradient)] and the norm of g over all of them (|theta| g where the group is adaptive)."
     groups = [(g, [p for p in g['params'] if p.grad is not None]) for g in opt.param_groups]
     groups = [(g, ps) for g, ps in groups if ps]
-    if not groups: raise fail("no parameter has a gradient; call loss.backward() inside the closure")
+    if not groups: raise fail("no parameter has a gradient; call loss.backward() first (inside the closure for step)")
     device = groups[0][1][0].device
     norm = torch.linalg.vector_norm(torch.stack([n.to(device) for g, ps in groups for n in torch._foreach_norm(
         [p.grad * p.abs() for p in ps] if g['adaptive'] else [p.grad for p in ps])]))
     if not norm.is_meta and not math.isfinite(norm.item()):          # one sync, as a hand-written SAM has
-        raise fail("the gradient at theta is NaN or Inf: the closure's loss or backward is not finite")
-    return loss, groups, norm
+        raise fail("the gradient at theta is NaN or Inf: the loss (the closure's, in step) or its backward is not finite; "
+                   "theta is unchanged")
+    return groups, norm
+
+def _gradient_at_theta(opt, closure):
+    "The first closure call: the loss, then the groups and the norm of g."
+    with torch.enable_grad(): loss = closure()
+    if loss is None: raise fail("the closure returned None; it must return the loss")
+    return (loss, *_gradient_norm(opt))
 
 # %% ../nbs/09_sharpness.ipynb #b1e7c0a9
-def _gradient_at_probe(opt, groups, norm, closure):
-    "theta + e, the second closure call, theta restored exactly: [(params, theta, g(theta), alpha)] per group."
-    saved, done = [], False
-    try:
-        for g, ps in groups:
-            g0 = [p.grad for p in ps]
-            saved.append((ps, [p.clone() for p in ps], g0, g['alpha']))
-            e = torch._foreach_mul(g0, g['r'] / norm.clamp_min(torch.finfo(norm.dtype).tiny))   # g = 0 gives e = 0
-            if g['adaptive']: torch._foreach_mul_(e, [p * p for p in ps])
-            torch._foreach_add_(ps, e)
-            for p in ps: p.grad = None          # keep g(theta) aside: the second backward writes fresh tensors
-        frozen = frozen_batchnorm_statistics(opt.model) if opt.model is not None else contextlib.nullcontext()
-        with torch.enable_grad(), frozen: loss_e = closure()
-        if isinstance(loss_e, torch.Tensor) and loss_e.numel() == 1 and not loss_e.is_meta and not math.isfinite(loss_e.item()):
-            raise fail(f"the closure's loss at theta + e is {loss_e.item()}; theta and g(theta) are restored")
-        done = True
-    finally:                                    # also on an exception or KeyboardInterrupt in the second call
-        for ps, thetas, g0, a in saved:
-            torch._foreach_copy_(ps, thetas)    # theta exactly, not by subtracting e
-            if not done:
-                for p, t in zip(ps, g0): p.grad = t      # the state after the first call: theta and g(theta)
-    return saved
+def _perturb(opt, groups, norm, zero_grad):
+    "theta -> theta + e; the probe: ([(params, theta, g(theta), alpha)] per group, the frozen-statistics block)."
+    saved = [(ps, [p.clone() for p in ps], [p.grad if zero_grad else p.grad.clone() for p in ps], g['alpha'])
+             for g, ps in groups]
+    frozen = frozen_batchnorm_statistics(opt.model) if opt.model is not None else contextlib.nullcontext()
+    for (g, _), (ps, thetas, g0, a) in zip(groups, saved):
+        e = torch._foreach_mul(g0, g['r'] / norm.clamp_min(torch.finfo(norm.dtype).tiny))   # g = 0 gives e = 0
+        if g['adaptive']: torch._foreach_mul_(e, [p * p for p in ps])
+        torch._foreach_add_(ps, e)
+        if zero_grad:
+            for p in ps: p.grad = None          # g(theta) kept aside: the next backward writes fresh tensors
+    frozen.__enter__()                          # the running statistics are copied at theta + e: nothing ran since theta
+    return saved, frozen
+
+def _restore(probe, undo):
+    "theta exactly, from its copy; the BatchNorm statistics back; undo: g(theta) back into .grad, as before the probe."
+    saved, frozen = probe
+    frozen.__exit__(None, None, None)
+    for ps, thetas, g0, a in saved:
+        torch._foreach_copy_(ps, thetas)        # theta exactly, not by subtracting e
+        if undo:
+            for p, t in zip(ps, g0): p.grad = t
 
 # %% ../nbs/09_sharpness.ipynb #b1e7c0aa
+def _combine(saved):
+    "(1 - alpha) g(theta) + alpha g(theta + e) into .grad, group by group; a parameter without g(theta + e) counts 0."
+    for ps, thetas, g0, a in saved:
+        g1 = [torch.zeros_like(p) if p.grad is None else p.grad for p in ps]
+        if a < 1: torch._foreach_lerp_(g0, g1, a)          # in g0's tensors
+        for p, t in zip(ps, g0 if a < 1 else g1): p.grad = t
+
 @torch.no_grad()
 @_named('.step')
 def _gnp_step(self, closure=None, # zeroes the gradients, computes the loss, calls backward() and returns the loss
              ):
     "Two closure calls, at theta and at theta + e; theta (and, on an error, g(theta)) restored in a `finally`."
     _check_step(self, closure)
+    if self.__dict__.get('_probe') is not None:
+        raise fail("called between first_step and second_step; call second_step", RuntimeError)
     loss, groups, norm = _gradient_at_theta(self, closure)
-    for ps, thetas, g0, a in _gradient_at_probe(self, groups, norm, closure):
-        g1 = [torch.zeros_like(p) if p.grad is None else p.grad for p in ps]
-        if a < 1: torch._foreach_lerp_(g0, g1, a)          # (1 - a) g(theta) + a g(theta + e), in g0's tensors
-        for p, t in zip(ps, g0 if a < 1 else g1): p.grad = t
+    probe, done = _perturb(self, groups, norm, zero_grad=True), False
+    try:
+        with torch.enable_grad(): loss_e = closure()
+        scalar = isinstance(loss_e, torch.Tensor) and loss_e.numel() == 1 and not loss_e.is_meta
+        if scalar and not math.isfinite(loss_e.item()):
+            raise fail(f"the closure's loss at theta + e is {loss_e.item()}; theta and g(theta) are restored")
+        done = True
+    finally: _restore(probe, undo=not done)     # also on an exception or KeyboardInterrupt in the second call
+    _combine(probe[0])
     self.base_optimizer.step()
     return loss
 
@@ -254,6 +273,40 @@ class SAM(GradientNormPenalty):
             raise fail(f"takes rho (its r) and has alpha = 1; use GradientNormPenalty for r and alpha, got {sorted(kwargs)}",
                        TypeError)
         super().__init__(params, base_optimizer, r=rho, alpha=1.0, adaptive=adaptive, model=model, **kwargs)
+
+# %% ../nbs/09_sharpness.ipynb #e18a0002
+@torch.no_grad()
+@_named('.first_step')
+def _first_step(self, zero_grad: bool = False, # clear .grad for the second pass (g(theta) is kept aside either way)
+               ):
+    "theta -> theta + e from the gradient in .grad (accumulated as you like); then recompute it, and call second_step."
+    check_bool(zero_grad, 'zero_grad')
+    if self.__dict__.get('_probe') is not None:
+        raise fail("called twice: the parameters are at theta + e already; call second_step first", RuntimeError)
+    self._probe = _perturb(self, *_gradient_norm(self), zero_grad)
+
+GradientNormPenalty.first_step = _first_step
+
+# %% ../nbs/09_sharpness.ipynb #e18a0004
+@torch.no_grad()
+@_named('.second_step')
+def _second_step(self, zero_grad: bool = False, # clear .grad after the base optimizer's step
+                 skip: bool = False, # go back to theta without a step (a GradScaler found Inf or NaN in the second pass)
+                ):
+    "theta back exactly, .grad = (1 - alpha) g(theta) + alpha g(theta + e), and the base optimizer's step."
+    check_bool(zero_grad, 'zero_grad'); check_bool(skip, 'skip')
+    probe = self.__dict__.pop('_probe', None)
+    if probe is None: raise fail("needs first_step before it (and the gradient at theta + e between them)", RuntimeError)
+    grads = [p.grad for ps, *_ in probe[0] for p in ps if p.grad is not None]
+    finite = skip or not grads or grads[0].is_meta or all(math.isfinite(n.item()) for n in torch._foreach_norm(grads))
+    _restore(probe, undo=not finite)
+    if not finite: raise fail("the gradient at theta + e is NaN or Inf; theta and g(theta) are restored, no step")
+    if not skip:
+        _combine(probe[0])
+        self.base_optimizer.step()
+    if zero_grad: self.zero_grad()
+
+GradientNormPenalty.second_step = _second_step
 
 # %% ../nbs/09_sharpness.ipynb #8cf272dc
 def _hessian_vector_product(loss_fn, params):
