@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['PowerMethod', 'power_method', 'PowerIteration', 'power_iteration', 'ConvGeometry', 'conv_geometry', 'ConvMaps',
-           'conv_maps', 'OperatorNorm', 'conv_operator_norm', 'spectral_penalty', 'SpectralNormalization',
-           'spectral_normalize']
+           'conv_maps', 'OperatorNorm', 'conv_operator_norm', 'ConvNormBound', 'conv_norm_bound', 'spectral_penalty',
+           'SpectralNormalization', 'spectral_normalize']
 
 # %% ../nbs/04_power_iteration.ipynb #fad37e58
 import math
@@ -176,27 +176,28 @@ def power_iteration(W: torch.Tensor, # a matrix (m, n) or a batch of matrices (.
 
 # %% ../nbs/04_power_iteration.ipynb #a68e97e1
 class ConvGeometry(NamedTuple):
-    "How a Conv2d reads its input: the settings of `F.conv2d` with padding as explicit pairs of ints."
+    "How a conv2d reads its input: the settings of `F.conv2d` with padding as explicit pairs of ints."
     stride: tuple  # (sh, sw)
     padding: tuple  # (ph, pw), explicit ints ('same' and 'valid' resolved)
     dilation: tuple  # (dh, dw)
     groups: int  # the number of channel groups
     padding_mode: str  # 'zeros' or 'circular'
 
-def conv_geometry(module: nn.Module, # an nn.Conv2d (errors name the public function that called this one)
+def conv_geometry(module: nn.Module, # an nn.Conv1d, nn.Conv2d or nn.ConvTranspose2d (errors name the public caller)
                  ) -> ConvGeometry:
-    "The geometry of an nn.Conv2d, with 'same'/'valid' padding made explicit; other layers and padding modes refused."
-    if not isinstance(module, nn.Conv2d) or isinstance(module, nn.ConvTranspose2d):
-        raise fail(f"mode='operator' needs an nn.Conv2d, got {type(module).__name__}")
+    "The geometry of the conv2d whose operator norm is the layer's: a Conv2d's own, a Conv1d's at height 1, a ConvTranspose2d's adjoint."
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)):
+        raise fail(f"mode='operator' needs an nn.Conv1d, nn.Conv2d or nn.ConvTranspose2d, got {type(module).__name__}")
     if module.padding_mode not in ('zeros', 'circular'):
         raise fail(f"padding_mode={module.padding_mode!r} is not supported; use 'zeros' or 'circular'")
     pad = module.padding
-    if pad == 'valid': pad = (0, 0)
+    if pad == 'valid': pad = (0,) * len(module.kernel_size)
     elif pad == 'same':
         total = [d * (k - 1) for d, k in zip(module.dilation, module.kernel_size)]
         if any(t % 2 for t in total): raise fail("padding='same' with an even kernel pads asymmetrically; give explicit padding")
         pad = tuple(t // 2 for t in total)
-    return ConvGeometry(tuple(module.stride), tuple(pad), tuple(module.dilation), module.groups, module.padding_mode)
+    lift = (lambda t, e: (e, *t)) if isinstance(module, nn.Conv1d) else (lambda t, e: tuple(t))   # a Conv1d: height 1
+    return ConvGeometry(lift(module.stride, 1), lift(pad, 0), lift(module.dilation, 1), module.groups, module.padding_mode)
 
 # %% ../nbs/04_power_iteration.ipynb #cv000003
 class ConvMaps(NamedTuple):
@@ -295,6 +296,79 @@ def conv_operator_norm(weight: torch.Tensor, # the kernel (C_out, C_in / groups,
         r = _run_power_method(adjoint, unit(y), n_iter, forward, tol=tol, restart=random_start)
     return OperatorNorm(r.sigma.to(weight.dtype), r.v[0].to(weight.dtype), r.u[0].to(weight.dtype), r.steps)
 
+# %% ../nbs/04_power_iteration.ipynb #fftn0002
+def _torus_norm(weight, torus, dilation, groups):
+    "Norm, in float64, of the stride-1 circular conv2d with `weight` on the torus (Nh, Nw): max over frequencies of sigma_1(T)."
+    w = weight.double(); (co, ci, kh, kw), (Nh, Nw), (dh, dw) = w.shape, torus, dilation
+    rows = (torch.arange(kh, device=w.device) * dh) % Nh; cols = (torch.arange(kw, device=w.device) * dw) % Nw
+    taps = (rows[:, None] * Nw + cols[None, :]).flatten()          # where each tap lands on the torus (wrapped taps add)
+    placed = w.new_zeros(co, ci, Nh * Nw).index_add(-1, taps, w.reshape(co, ci, -1)).view(co, ci, Nh, Nw)
+    T = torch.fft.rfft2(placed).reshape(groups, co // groups, ci, -1).permute(0, 3, 1, 2).flatten(0, 1)   # (g * freq, o, c)
+    with torch.no_grad(): top = torch.linalg.matrix_norm(T, 2).argmax()     # singular values only: no vectors to keep
+    return torch.linalg.matrix_norm(T[top], 2)                              # the gradient: one SVD, at the largest block
+
+# %% ../nbs/04_power_iteration.ipynb #fftn0005
+def _torus_side(n, k, s, p, d, circular):
+    "Along one axis: (N, exact), the torus whose conv norm bounds the layer's, and whether it is the norm; None if none does."
+    if not circular: return n + 2 * p, False                 # zero padding: A = P T_N E on the torus of the padded input
+    kept = (n + 2 * p - d * (k - 1) - 1) // s + 1
+    if (kept - 1) * s >= n: return None                       # a circular output read twice: no selection of T_n
+    return n, s == 1 and kept == n
+
+# %% ../nbs/04_power_iteration.ipynb #fftn0008
+class ConvNormBound(NamedTuple):
+    "Result of `conv_norm_bound`: a float64 number that is the conv operator's norm (exact) or a certified upper bound of it."
+    sigma: torch.Tensor  # float64, differentiable in the kernel: the norm, or an upper bound on it
+    exact: bool          # True: sigma is the norm (circular padding that keeps the size, stride 1); False: an upper bound
+
+# %% ../nbs/04_power_iteration.ipynb #fftn0009
+def _torus_sides(kernel_size, input_shape, geometry):
+    "[(N, exact)] per axis for checked arguments, or the refusal of a circular padding that repeats outputs."
+    (_, H, W_), (stride, padding, dilation, _, mode) = input_shape, geometry
+    sides = [_torus_side(n, k, s, p, d, mode == 'circular')
+             for n, k, s, p, d in zip((H, W_), kernel_size, stride, padding, dilation)]
+    if None in sides: raise fail(f"circular padding {padding} with stride {stride} reads some outputs twice on {H}x{W_} "
+                                 "inputs; no torus bound is proven for it (use padding <= dilation * (kernel - 1) / 2)")
+    return sides
+
+def _conv_bound(weight, input_shape, geometry):
+    "conv_norm_bound on checked arguments (shape and ConvGeometry as from _check_conv_input)."
+    sides = _torus_sides(weight.shape[-2:], input_shape, geometry)
+    return ConvNormBound(_torus_norm(weight, [n for n, _ in sides], geometry[2], geometry[3]), all(e for _, e in sides))
+
+# %% ../nbs/04_power_iteration.ipynb #fftn0014
+@public
+def conv_norm_bound(weight: torch.Tensor, # the kernel (C_out, C_in / groups, kh, kw), real floating and finite
+                    input_shape: tuple, # (C, H, W): the size of the images the convolution is applied to
+                    stride=1, # an int or a pair, as for F.conv2d
+                    padding=0, # an int or a pair of ints (explicit: not 'same'/'valid'; see `conv_geometry`)
+                    dilation=1, # an int or a pair, as for F.conv2d
+                    groups: int = 1, # the number of channel groups
+                    padding_mode: str = 'zeros', # 'zeros' or 'circular'
+                   ) -> ConvNormBound:
+    "Operator norm of x -> conv2d(x, weight, ...) by the FFT in float64: exact for size-keeping circular stride 1, else an upper bound."
+    check_tensor(weight, 'weight', floating=True, values=True)
+    if weight.dim() != 4 or weight.numel() == 0:
+        raise fail(f"weight must be a non-empty 4-D conv2d kernel (out, in/groups, kh, kw), got shape {tuple(weight.shape)}")
+    shape, geometry = _check_conv_input(weight, input_shape, (stride, padding, dilation, groups, padding_mode))
+    check_tensor(weight, 'weight', finite=True)
+    return _conv_bound(weight, shape, geometry)
+
+# %% ../nbs/04_power_iteration.ipynb #fftn0012
+def _operator_domain(module, input_shape):
+    "The images (C, H, W) on which the conv2d of `conv_geometry(module)` has the layer's norm, from the layer's input shape."
+    rank = 2 if isinstance(module, nn.Conv1d) else 3
+    if not (isinstance(input_shape, (tuple, list, torch.Size)) and len(input_shape) == rank):
+        raise fail(f"input_shape must be {('(C, L)', '(C, H, W)')[rank - 2]} for a {type(module).__name__}, got {input_shape!r}")
+    shape = as_tuple(input_shape, rank, 'input_shape')
+    if rank == 2: return (shape[0], 1, shape[1])
+    if not isinstance(module, nn.ConvTranspose2d): return shape
+    if shape[0] != module.in_channels: raise fail(f"input_shape has {shape[0]} channels, the layer takes {module.in_channels}")
+    size = [(n - 1) * s - 2 * p + d * (k - 1) + q + 1 for n, s, p, d, k, q in
+            zip(shape[1:], module.stride, module.padding, module.dilation, module.kernel_size, module.output_padding)]
+    if min(size) < 1: raise fail(f"the layer's output on input_shape {shape} would be empty ({size})")
+    return (module.out_channels, *size)
+
 # %% ../nbs/04_power_iteration.ipynb #2287f3ad
 _PENALTY_VECTORS = weakref.WeakKeyDictionary()   # layer module -> (u, v): the model's state_dict stays as it is
 _WARMUP_STEPS = 15
@@ -314,13 +388,27 @@ def _penalty_vectors(m, W):
     _PENALTY_VECTORS[m] = u, v = u.to(W.dtype), v.to(W.dtype)
     return u, v
 
+# %% ../nbs/04_power_iteration.ipynb #penop001
+def _layer_bound(m, input_shape):
+    "conv_norm_bound's sigma (float64, differentiable) for the operator of a Conv1d, Conv2d or ConvTranspose2d on `input_shape`."
+    geometry = conv_geometry(m); w = m.weight
+    w4 = w.unsqueeze(-2) if w.dim() == 3 else w
+    shape, geometry = _check_conv_input(w4, _operator_domain(m, input_shape), geometry)
+    return _conv_bound(w4, shape, geometry).sigma
+
 # %% ../nbs/04_power_iteration.ipynb #penvec02
 @public
 def spectral_penalty(model: nn.Module, # the network: its Linear and Conv layers' weight matrices are penalised
+                     input_shapes: dict | None = None, # {layer name: its input shape}: those convs pay their operator norm
                     ) -> torch.Tensor:
-    "Sum over the weight matrices of `model` of sigma_1(W)^2 (Yoshida & Miyato), one power-iteration step per layer per call."
-    total = 0
-    for name, m in weight_layers(model):
+    "Sum over the layers of `model` of sigma_1(W)^2 (Yoshida & Miyato), or of a conv's operator norm squared (`conv_norm_bound`)."
+    layers, total = weight_layers(model), 0
+    if input_shapes is not None and not isinstance(input_shapes, dict): raise fail("input_shapes must be a dict", TypeError)
+    unknown = set(input_shapes or {}) - {n for n, _ in layers}
+    if unknown: raise fail(f"input_shapes names no layer of the model: {sorted(unknown)}")
+    for name, m in layers:
+        if name in (input_shapes or {}):
+            total = total + _layer_bound(m, input_shapes[name]).to(m.weight.dtype) ** 2; continue
         W = layer_matrix(m)
         if not W.is_floating_point() or W.is_meta:
             raise fail(f"model's module {name!r} has a {'meta' if W.is_meta else W.dtype} weight; the penalty needs "
@@ -339,15 +427,13 @@ def _check_sn_args(weight, argname, n_power_iterations, mode, coeff, eps, exact,
     if coeff is not None: check_positive_float(coeff, 'coeff')
     if mode not in ('matrix', 'operator'): raise fail(f"mode must be 'matrix' or 'operator', got {mode!r}")
     check_bool(exact, 'exact')
-    if exact and mode == 'operator':
-        raise fail("exact=True computes the reshaped matrix's norm by SVD and needs mode='matrix'; "
-                   "for a conv operator raise n_power_iterations and check the result with conv_operator_norm")
     if mode == 'operator':
-        if not (isinstance(conv, tuple) and len(conv) == 5) or weight.dim() != 4:
-            raise fail("mode='operator' needs a 4-D Conv2d weight and its geometry conv=ConvGeometry(stride, padding, "
-                       "dilation, groups, padding_mode)")
+        if not (isinstance(conv, tuple) and len(conv) == 5) or weight.dim() not in (3, 4):
+            raise fail("mode='operator' needs a 3-D or 4-D conv weight and its conv2d geometry conv=ConvGeometry(stride, "
+                       "padding, dilation, groups, padding_mode)")
         if input_shape is None: raise fail("mode='operator' needs input_shape=(C, H, W), the size of the images the layer sees")
-        _check_conv_input(weight, input_shape, conv)
+        shape, conv = _check_conv_input(weight if weight.dim() == 4 else weight.unsqueeze(-2), input_shape, conv)
+        if exact: _torus_sides(weight.shape[-2:] if weight.dim() == 4 else (1, weight.shape[-1]), shape, conv)
     elif input_shape is not None: raise fail("input_shape is only used with mode='operator'")
     if not torch.isfinite(weight).all(): raise fail(f"{argname!r} contains NaN or Inf")
 
@@ -355,13 +441,13 @@ def _check_sn_args(weight, argname, n_power_iterations, mode, coeff, eps, exact,
 class _PowerVectors(nn.Module):
     "The u, v buffers of a spectral normalisation and the power steps on them (torch's order, in place)."
     def _matrix(self, w): return (w.transpose(0, 1) if self.transposed else w).flatten(1)
-
+    def _kernel(self, w): return w.unsqueeze(-2) if w.dim() == 3 else w     # a Conv1d's kernel as a conv2d's
     def _maps(self, w):
         "x -> A x and y -> A^T y for the reshaped matrix of `w` or the conv operator of kernel `w` on one image."
         if self.mode == 'matrix':
             A = self._matrix(w)
             return (lambda x: torch.mv(A, x)), (lambda y: torch.mv(A.H, y))
-        forward, adjoint, _ = conv_maps(w, self.input_shape, self.conv)
+        forward, adjoint, _ = conv_maps(self._kernel(w), self.input_shape, self.conv)
         return (lambda x: forward(x.unsqueeze(0))[0]), (lambda y: adjoint(y.unsqueeze(0))[0])
 
     @torch.no_grad()
@@ -385,10 +471,11 @@ class _PowerVectors(nn.Module):
 # %% ../nbs/04_power_iteration.ipynb #sn000005
 @torch.no_grad()
 def _start_vectors(sn, w):
-    "The buffers u, v started as torch starts them (normalised Gaussians), then warmed up; empty for a vector or an SVD."
-    if sn.mode == 'operator':
-        u, v = w.new_empty(conv_maps(w, sn.input_shape, sn.conv).output_shape).normal_(), w.new_empty(sn.input_shape).normal_()
-    elif w.dim() > 1 and not sn.exact:
+    "The buffers u, v started as torch starts them (normalised Gaussians), then warmed up; empty for a vector or exact=True."
+    if sn.mode == 'operator' and not sn.exact:
+        u = w.new_empty(conv_maps(sn._kernel(w), sn.input_shape, sn.conv).output_shape).normal_()
+        v = w.new_empty(sn.input_shape).normal_()
+    elif sn.mode == 'matrix' and w.dim() > 1 and not sn.exact:
         m = sn._matrix(w); u, v = m.new_empty(m.shape[0]).normal_(), m.new_empty(m.shape[1]).normal_()
     else: u = v = w.new_empty(0)                             # a vector's norm, or an SVD, needs no iteration
     sn.register_buffer('_u', F.normalize(u.flatten(), dim=0, eps=sn.eps).view_as(u))
@@ -401,15 +488,15 @@ class SpectralNormalization(_PowerVectors):
     @public(name='SpectralNormalization')
     def __init__(self, weight: torch.Tensor, # the weight to normalise (its values start the vectors)
                  n_power_iterations: int = 1, # power steps per forward pass in training mode
-                 mode: str = 'matrix', # 'matrix': the reshaped weight, as torch; 'operator': a Conv2d's operator
+                 mode: str = 'matrix', # 'matrix': the reshaped weight, as torch; 'operator': a conv's operator
                  transposed: bool = False, # the weight is a ConvTranspose's: its matrix is taken along dimension 1
                  conv: ConvGeometry | None = None, # operator mode: the layer's geometry (see `conv_geometry`)
-                 input_shape: tuple | None = None, # operator mode: (C, H, W), the size of the images the layer sees
+                 input_shape: tuple | None = None, # operator mode: (C, H, W), the images the conv2d acts on (`conv_geometry`)
                  coeff: float | None = None, # None: divide by sigma; a number c: cap sigma at c (W * min(1, c / sigma))
                  eps: float = 1e-12, # sigma is clamped below at eps (a zero weight stays finite)
                  warmup_tol: float = 1e-7, # the warm-up stops when sigma rises by at most this, relative, in 10 steps
                  max_warmup: int = 20_000, # at most this many warm-up steps
-                 exact: bool = False, # matrix mode: sigma by SVD at every forward instead of power steps
+                 exact: bool = False, # sigma at every forward: by SVD (matrix), by `conv_norm_bound` (operator)
                 ):
         super().__init__()
         _check_sn_args(weight, 'weight', n_power_iterations, mode, coeff, eps, exact, conv, input_shape)
@@ -430,6 +517,10 @@ def _sn_forward(self, weight: torch.Tensor, # the raw weight
                ) -> torch.Tensor:
     "The normalised weight: divided by sigma (or capped at coeff), sigma clamped below at eps."
     if weight.dim() == 1: sigma = torch.linalg.vector_norm(weight)
+    elif self.exact and self.mode == 'operator':      # the FFT norm or torus bound, divided in float64, rounded once
+        sigma = _conv_bound(self._kernel(weight), self.input_shape, self.conv).sigma.clamp_min(self.eps)
+        scale = 1 / sigma if self.coeff is None else torch.clamp(self.coeff / sigma, max=1.0)
+        return (weight.double() * scale).to(weight.dtype)
     elif self.exact:                                                        # sigma_1 by SVD; half precision in float32
         m = self._matrix(weight)
         sigma = torch.linalg.matrix_norm(m.float() if m.dtype in _HALF else m, 2).to(weight.dtype)
@@ -451,11 +542,12 @@ SpectralNormalization.forward, SpectralNormalization.right_inverse = _sn_forward
 def _check_operator_input(module, args):
     "Forward pre-hook of a Conv2d normalised in operator mode: its sigma is the norm on one input size only."
     if not (args and isinstance(args[0], torch.Tensor) and parametrize.is_parametrized(module, 'weight')): return
-    got = tuple(args[0].shape[-3:])
     for p in module.parametrizations.weight:
-        if isinstance(p, SpectralNormalization) and p.mode == 'operator' and got != p.input_shape:
+        want = getattr(p, 'layer_input', p.input_shape)           # the layer's input shape (the domain, for a Conv2d)
+        got = tuple(args[0].shape[-len(want):]) if p.mode == 'operator' else None
+        if isinstance(p, SpectralNormalization) and p.mode == 'operator' and got != want:
             with naming('spectral_normalize'):
-                raise fail(f"this {type(module).__name__} was normalised with mode='operator' for input_shape={p.input_shape}, "
+                raise fail(f"this {type(module).__name__} was normalised with mode='operator' for input_shape={want}, "
                            f"and its norm on inputs of shape {got} is a different number; normalise a fresh layer with that input_shape")
 
 # %% ../nbs/04_power_iteration.ipynb #e98cd0dd
@@ -463,11 +555,11 @@ def _check_operator_input(module, args):
 def spectral_normalize(module: nn.Module, # the layer, changed in place and returned
                        name: str = 'weight', # the parameter to normalise
                        n_power_iterations: int = 1, # power steps per forward pass in training mode
-                       mode: str = 'matrix', # 'matrix': the reshaped weight (as torch); 'operator': a Conv2d's operator norm
-                       input_shape: tuple | None = None, # operator mode: (C, H, W); the layer then refuses other sizes
+                       mode: str = 'matrix', # 'matrix': the reshaped weight (as torch); 'operator': a conv's operator norm
+                       input_shape: tuple | None = None, # operator mode: the layer's input (C, H, W), or (C, L) for a Conv1d
                        coeff: float | None = None, # None: divide by sigma; a number c: cap sigma at c
                        eps: float = 1e-12, # sigma is clamped below at eps
-                       exact: bool = False, # matrix mode: sigma by SVD at every forward, so the norm is 1 at every step
+                       exact: bool = False, # sigma by SVD, or by `conv_norm_bound` in operator mode, at every forward
                       ) -> nn.Module:
     "Register `SpectralNormalization` on `module.<name>`: sigma from warm-started power steps per training forward, or an SVD."
     check_module(module, 'module')
@@ -476,14 +568,15 @@ def spectral_normalize(module: nn.Module, # the layer, changed in place and retu
     if not isinstance(weight, torch.Tensor): raise fail(f"{type(module).__name__} has no tensor parameter {name!r}")
     if isinstance(weight, nn.parameter.UninitializedParameter):
         raise fail(f"{name!r} is an uninitialised lazy parameter; run one forward pass first")
-    conv = None
+    conv, domain = None, input_shape
     if mode == 'operator':
-        if name != 'weight': raise fail(f"mode='operator' normalises a Conv2d's 'weight', got name={name!r}")
+        if name != 'weight': raise fail(f"mode='operator' normalises a conv's 'weight', got name={name!r}")
         conv = conv_geometry(module)
-    _check_sn_args(weight, name, n_power_iterations, mode, coeff, eps, exact, conv, input_shape)
+        if input_shape is not None: domain = _operator_domain(module, input_shape)
+    _check_sn_args(weight, name, n_power_iterations, mode, coeff, eps, exact, conv, domain)
     transposed = isinstance(module, nn.modules.conv._ConvTransposeNd) and name == 'weight'
-    parametrize.register_parametrization(module, name, SpectralNormalization(
-        weight, n_power_iterations, mode, transposed, conv, None if input_shape is None else tuple(input_shape),
-        None if coeff is None else float(coeff), eps, exact=exact))
-    if mode == 'operator': module.register_forward_pre_hook(_check_operator_input)
+    sn = SpectralNormalization(weight, n_power_iterations, mode, transposed, conv, None if domain is None else tuple(domain),
+                               None if coeff is None else float(coeff), eps, exact=exact)
+    parametrize.register_parametrization(module, name, sn)
+    if mode == 'operator': sn.layer_input = tuple(input_shape); module.register_forward_pre_hook(_check_operator_input)
     return module

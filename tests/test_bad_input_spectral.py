@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipnotes.spectral import (SpectralNormalization, conv_operator_norm, power_iteration, power_method, spectral_normalize,
-                               spectral_penalty)
+from lipnotes.spectral import (SpectralNormalization, conv_norm_bound, conv_operator_norm, power_iteration, power_method,
+                               spectral_normalize, spectral_penalty)
 
 W = torch.randn(5, 4)
 K = torch.randn(2, 3, 3, 3)
@@ -101,14 +101,37 @@ CASES = [  # (call, exception, function name, argument name / fragment)
      ValueError, 'spectral_normalize', 'circular padding'),
     (lambda: spectral_normalize(nn.Conv2d(1, 2, 3, padding_mode='reflect'), mode='operator', input_shape=(1, 8, 8)),
      ValueError, 'spectral_normalize', 'padding_mode'),
-    (lambda: spectral_normalize(nn.Conv1d(1, 2, 3), mode='operator', input_shape=(1, 8, 8)), ValueError, 'spectral_normalize', 'needs an nn.Conv2d'),
+    (lambda: spectral_normalize(nn.Conv1d(1, 2, 3), mode='operator', input_shape=(1, 8, 8)), ValueError, 'spectral_normalize',
+     'input_shape must be (C, L) for a Conv1d'),
+    (lambda: spectral_normalize(nn.ConvTranspose1d(1, 2, 3), mode='operator', input_shape=(1, 8)), ValueError, 'spectral_normalize',
+     'needs an nn.Conv1d, nn.Conv2d or nn.ConvTranspose2d'),
+    (lambda: spectral_normalize(nn.ConvTranspose2d(2, 1, 3), mode='operator', input_shape=(3, 8, 8)), ValueError, 'spectral_normalize',
+     'input_shape has 3 channels'),
+    (lambda: spectral_normalize(nn.ConvTranspose2d(2, 1, 3, padding=3), mode='operator', input_shape=(2, 1, 1)), ValueError,
+     'spectral_normalize', 'would be empty'),
+    (lambda: spectral_normalize(nn.Conv2d(1, 2, 3, padding=2, padding_mode='circular'), mode='operator', input_shape=(1, 8, 8),
+                                exact=True), ValueError, 'spectral_normalize', 'reads some outputs twice'),
+    # conv_norm_bound
+    (lambda: conv_norm_bound([[1.0]], (1, 4, 4)), TypeError, 'conv_norm_bound', 'weight must be a torch.Tensor'),
+    (lambda: conv_norm_bound(torch.randn(2, 3, 3), (3, 4, 4)), ValueError, 'conv_norm_bound', 'weight must be a non-empty 4-D'),
+    (lambda: conv_norm_bound(inf_k, (3, 4, 4)), ValueError, 'conv_norm_bound', 'weight'),
+    (lambda: conv_norm_bound(K, (2, 4, 4)), ValueError, 'conv_norm_bound', 'channels'),
+    (lambda: conv_norm_bound(K, (3, 4)), ValueError, 'conv_norm_bound', 'input_shape must be (C, H, W)'),
+    (lambda: conv_norm_bound(K, (3, 4, 4), padding='same'), TypeError, 'conv_norm_bound', 'padding'),
+    (lambda: conv_norm_bound(K, (3, 4, 4), padding=2, padding_mode='circular'), ValueError, 'conv_norm_bound', 'reads some outputs twice'),
+    (lambda: conv_norm_bound(K, (3, 4, 4), padding_mode='reflect'), ValueError, 'conv_norm_bound', 'padding_mode'),
+    # spectral_penalty with input_shapes
+    (lambda: spectral_penalty(nn.Sequential(nn.Conv2d(1, 1, 3)), [(1, 4, 4)]), TypeError, 'spectral_penalty', 'input_shapes must be a dict'),
+    (lambda: spectral_penalty(nn.Sequential(nn.Conv2d(1, 1, 3)), {'1': (1, 4, 4)}), ValueError, 'spectral_penalty', "names no layer"),
+    (lambda: spectral_penalty(nn.Sequential(nn.Linear(2, 2)), {'0': (2,)}), ValueError, 'spectral_penalty', 'needs an nn.Conv1d'),
+    (lambda: spectral_penalty(nn.Sequential(nn.Conv2d(1, 1, 3)), {'0': (2, 4, 4)}), ValueError, 'spectral_penalty', 'channels'),
     (lambda: spectral_normalize(nn.Conv2d(1, 2, 3), name='bias', mode='operator', input_shape=(1, 8, 8)), ValueError, 'spectral_normalize', "name='bias'"),
     (lambda: spectral_normalize(_scalar_module()), ValueError, 'spectral_normalize', 'weight must have at least one dimension'),
     # SpectralNormalization (the class, used directly)
     (lambda: SpectralNormalization([[1.0]]), TypeError, 'SpectralNormalization', 'weight must be a torch.Tensor'),
     (lambda: SpectralNormalization(torch.empty(3, 2, **META)), ValueError, 'SpectralNormalization', 'weight is a meta tensor'),
     (lambda: SpectralNormalization(nan_w), ValueError, 'SpectralNormalization', "'weight' contains NaN"),
-    (lambda: SpectralNormalization(W, mode='operator'), ValueError, 'SpectralNormalization', "mode='operator' needs a 4-D Conv2d weight"),
+    (lambda: SpectralNormalization(W, mode='operator'), ValueError, 'SpectralNormalization', "mode='operator' needs a 3-D or 4-D conv weight"),
     (lambda: SpectralNormalization(K, mode='operator', conv=((1, 1), (0, 0), (1, 1), 1, 'zeros')), ValueError, 'SpectralNormalization', 'needs input_shape'),
     (lambda: SpectralNormalization(K, mode='operator', conv=((1, 1), (0, 0), (1, 1), 1, 'zeros'), input_shape=(2, 8, 8)),
      ValueError, 'SpectralNormalization', 'input_shape has 2 channels'),
