@@ -204,9 +204,40 @@ def _random_start(x0, e, norm):
     radius = torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device) ** (1 / x0[0].numel())   # eps U^(1/dim)
     return x0 + _unit_step(torch.randn_like(x0), 2) * _per_example_shape(radius, x0) * e
 
+# %% ../nbs/08_adversarial_training.ipynb #c699cb79
+def _pgd_run(loss_fn, x0, e, steps, step, norm, random_start, clamp, sign):
+    "One run from x0 or from a uniform start: steps along sign * (unit ascent step), each projected; the last iterate."
+    z = _project(_random_start(x0, e, norm) if random_start else x0, x0, e, norm, clamp)
+    for _ in range(steps):
+        z = _project(z + step * (sign * _unit_step(_input_grad(loss_fn, z), norm)), x0, e, norm, clamp)
+    return z
+
+def _attack_rank(loss_fn, success, z, targeted):
+    "Per example (succeeded, score): score = loss (untargeted) or -loss (targeted); succeeded all False without success."
+    b = z.shape[0]
+    with torch.no_grad():
+        loss = _checked_loss(_call(loss_fn, (z,), 'loss_fn', f'on x of dtype {z.dtype}'), b, allow_scalar=False,
+                             what='loss_fn (with restarts > 1)')
+        ok = torch.zeros(b, dtype=torch.bool, device=z.device) if success is None else success(z)
+    if not (isinstance(ok, torch.Tensor) and ok.dtype == torch.bool and ok.shape == (b,)):
+        got = f"shape {tuple(ok.shape)}, dtype {ok.dtype}" if isinstance(ok, torch.Tensor) else type(ok).__name__
+        raise fail(f"success must return a bool tensor of shape ({b},), one per example, got {got}")
+    return ok.to(z.device), -loss if targeted else loss
+
+def _best_of_restarts(run, rank, restarts):
+    "run() `restarts` times; per example the iterate of the first run with the highest (succeeded, score)."
+    z = run()
+    if restarts == 1: return z                               # one run: no ranking, no extra call of loss_fn
+    ok, s = rank(z)
+    for _ in range(restarts - 1):
+        z_new = run(); ok_new, s_new = rank(z_new)
+        win = (ok_new & ~ok) | ((ok_new == ok) & (s_new > s))  # strictly better only: ties keep the earlier run
+        z, ok, s = torch.where(_per_example_shape(win, z), z_new, z), ok | ok_new, torch.where(win, s_new, s)
+    return z
+
 # %% ../nbs/08_adversarial_training.ipynb #f56e458f
 @public
-def pgd(loss_fn,                    # maps a batch to one loss per example (batch,) or to a scalar
+def pgd(loss_fn,                    # maps a batch to one loss per example (batch,) or to a scalar (restarts = 1 only)
         x: torch.Tensor,            # the batch (batch, ...), floating and finite
         eps,                        # the radius: a number >= 0, or a tensor with one radius per example
         steps: int = 10,            # the number of ascent steps, >= 1
@@ -214,17 +245,23 @@ def pgd(loss_fn,                    # maps a batch to one loss per example (batc
         norm=2,                     # 2 (steps along g/||g||, Euclidean ball) or math.inf (steps along sign g, box)
         random_start: bool = True,  # start from a uniform point of the ball rather than from x
         clamp=None,                 # None, or a box (low, high) that every iterate stays in
+        targeted: bool = False,     # descend loss_fn, the loss of the target labels, rather than ascend it
+        restarts: int = 1,          # runs from independent random starts; per example the best run's last iterate
+        success=None,               # None, or maps a batch to a bool per example (attack succeeded): ranks restarts first
        ) -> torch.Tensor:
-    "Projected gradient ascent on loss_fn over the points within eps of each example (norm 2 or inf) and in the box `clamp`."
+    "Projected gradient ascent (descent if targeted) on loss_fn within eps of each example and in the box `clamp`."
     _check_input(x); e = _check_eps(eps, x); _check_norm(norm); check_positive_int(steps, 'steps')
     if step_size is not None: check_positive_float(step_size, 'step_size')
     check_bool(random_start, 'random_start'); _check_clamp(clamp); check_callable(loss_fn, 'loss_fn')
+    check_bool(targeted, 'targeted'); check_positive_int(restarts, 'restarts')
+    if success is not None: check_callable(success, 'success')
+    if restarts > 1 and not random_start:
+        raise fail(f"restarts={restarts} needs random_start=True: every run from x is the same run")
     x0 = x.detach()
     if clamp is not None: _check_box_reachable(x0, e, norm, clamp)
     step = e * (2.5 / steps) if step_size is None else step_size
-    z = _project(_random_start(x0, e, norm) if random_start else x0, x0, e, norm, clamp)
-    for _ in range(steps):
-        z = _project(z + step * _unit_step(_input_grad(loss_fn, z), norm), x0, e, norm, clamp)
+    run = lambda: _pgd_run(loss_fn, x0, e, steps, step, norm, random_start, clamp, -1.0 if targeted else 1.0)
+    z = _best_of_restarts(run, lambda z: _attack_rank(loss_fn, success, z, targeted), restarts)
     return z + (x - x0) if x.requires_grad else z             # x - x0 is exactly 0: the point is z, the gradient flows to x
 
 # %% ../nbs/08_adversarial_training.ipynb #c4a9e7d2
