@@ -298,7 +298,8 @@ def _second_step(self, zero_grad: bool = False, # clear .grad after the base opt
     probe = self.__dict__.pop('_probe', None)
     if probe is None: raise fail("needs first_step before it (and the gradient at theta + e between them)", RuntimeError)
     grads = [p.grad for ps, *_ in probe[0] for p in ps if p.grad is not None]
-    finite = skip or not grads or grads[0].is_meta or all(math.isfinite(n.item()) for n in torch._foreach_norm(grads))
+    finite = skip or not grads or grads[0].is_meta or math.isfinite(torch.linalg.vector_norm(torch.stack(   # one sync
+        [n.to(grads[0].device) for n in torch._foreach_norm(grads)])).item())
     _restore(probe, undo=not finite)
     if not finite: raise fail("the gradient at theta + e is NaN or Inf; theta and g(theta) are restored, no step")
     if not skip:
