@@ -11,8 +11,7 @@ from pathlib import Path
 from docs_support import render_docs
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ['core', 'data', 'lipschitz', 'norms', 'spectral', 'certificates', 'tight', 'gradients', 'adversarial',
-           'sharpness', 'wgan', 'longtail']
+MODULES = sorted(p.stem for p in (ROOT / 'lipnotes').glob('*.py') if not p.stem.startswith('_'))   # every module
 
 
 def public_api():
