@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['PowerMethod', 'power_method', 'PowerIteration', 'power_iteration', 'ConvGeometry', 'conv_geometry', 'ConvMaps',
            'conv_maps', 'OperatorNorm', 'conv_operator_norm', 'ConvNormBound', 'conv_norm_bound', 'spectral_penalty',
-           'SpectralNormalization', 'spectral_normalize']
+           'SpectralNormalization', 'spectral_normalize', 'export_normalized']
 
 # %% ../nbs/04_power_iteration.ipynb #fad37e58
+import copy
 import math
 import weakref
 from typing import Callable, NamedTuple
@@ -305,7 +306,7 @@ def _torus_norm(weight, torus, dilation, groups):
     placed = w.new_zeros(co, ci, Nh * Nw).index_add(-1, taps, w.reshape(co, ci, -1)).view(co, ci, Nh, Nw)
     T = torch.fft.rfft2(placed).reshape(groups, co // groups, ci, -1).permute(0, 3, 1, 2).flatten(0, 1)   # (g * freq, o, c)
     with torch.no_grad(): top = torch.linalg.matrix_norm(T, 2).argmax()     # singular values only: no vectors to keep
-    return torch.linalg.matrix_norm(T[top], 2)                              # the gradient: one SVD, at the largest block
+    return torch.linalg.svd(T[top], full_matrices=False).S[0]   # one SVD with vectors, grad or not: the same bits either way
 
 # %% ../nbs/04_power_iteration.ipynb #fftn0005
 def _torus_side(n, k, s, p, d, circular):
@@ -521,9 +522,9 @@ def _sn_forward(self, weight: torch.Tensor, # the raw weight
         sigma = _conv_bound(self._kernel(weight), self.input_shape, self.conv).sigma.clamp_min(self.eps)
         scale = 1 / sigma if self.coeff is None else torch.clamp(self.coeff / sigma, max=1.0)
         return (weight.double() * scale).to(weight.dtype)
-    elif self.exact:                                                        # sigma_1 by SVD; half precision in float32
+    elif self.exact:           # sigma_1 by SVD (with vectors, as under autograd: exports are bitwise equal); half in float32
         m = self._matrix(weight)
-        sigma = torch.linalg.matrix_norm(m.float() if m.dtype in _HALF else m, 2).to(weight.dtype)
+        sigma = torch.linalg.svd(m.float() if m.dtype in _HALF else m, full_matrices=False).S[0].to(weight.dtype)
     else:
         if self.training: _sn_power_update(self, weight)
         sigma = self._sigma(weight)
@@ -580,3 +581,19 @@ def spectral_normalize(module: nn.Module, # the layer, changed in place and retu
     parametrize.register_parametrization(module, name, sn)
     if mode == 'operator': sn.layer_input = tuple(input_shape); module.register_forward_pre_hook(_check_operator_input)
     return module
+
+# %% ../nbs/04_power_iteration.ipynb #export02
+@public
+def export_normalized(model: nn.Module, # a model with spectral normalisations (or any parametrizations); left unchanged
+                     ) -> nn.Module:
+    "A plain copy of `model` whose weights are its eval-mode normalised weights: no parametrizations, picklable, state_dict plain."
+    check_module(model, 'model')
+    plain = copy.deepcopy(model)
+    for m in list(plain.modules()):                           # the walk changes the tree: list it first
+        if not parametrize.is_parametrized(m): continue
+        cls = type(m); m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))   # removal edits the class: a copy's own
+        for name in list(m.parametrizations):
+            m.parametrizations[name].eval()                   # the value at inference: no power step while it is read
+            parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+        for key in [k for k, h in m._forward_pre_hooks.items() if h is _check_operator_input]: del m._forward_pre_hooks[key]
+    return plain
