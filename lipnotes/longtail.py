@@ -18,22 +18,22 @@ def _priors_ok(priors):
     "One reduction and no host sync: are the priors finite, positive and summing to 1 within 1e-5?"
     return (torch.isfinite(priors) & (priors > 0)).all() & ((priors.double().sum() - 1).abs() <= 1e-5)
 
-def _check_prior_tensor(priors, num_classes):
+def _check_prior_tensor(priors, num_classes, argname='priors'):
     "Type, dtype and shape of the priors: no host sync."
-    check_tensor(priors, 'priors', floating=True, values=True)
+    check_tensor(priors, argname, floating=True, values=True)
     if priors.dim() != 1 or (num_classes is not None and priors.numel() != num_classes):
-        raise fail(f"priors must have shape ({num_classes},), one entry per class, got {tuple(priors.shape)}")
+        raise fail(f"{argname} must have shape ({num_classes},), one entry per class, got {tuple(priors.shape)}")
 
-def _check_priors(priors, num_classes, like=None):
+def _check_priors(priors, num_classes, like=None, argname='priors'):
     "A 1-D float tensor of positive class priors summing to 1 (within 1e-5), one per class; cast to `like`."
-    _check_prior_tensor(priors, num_classes)
+    _check_prior_tensor(priors, num_classes, argname)
     if not _priors_ok(priors):                                              # one host sync on the happy path
         if not torch.isfinite(priors).all() or (priors < 0).any():
-            raise fail(f"priors must be finite and non-negative, got {priors.tolist()}")
+            raise fail(f"{argname} must be finite and non-negative, got {priors.tolist()}")
         if (priors == 0).any():
-            raise fail(f"priors contain zeros (classes {(priors == 0).nonzero().flatten().tolist()}), and "
+            raise fail(f"{argname} contain zeros (classes {(priors == 0).nonzero().flatten().tolist()}), and "
                        "log 0 = -inf; estimate them with class_priors(..., smoothing=...)")
-        raise fail(f"priors must sum to 1 (within 1e-5), got {priors.double().sum().item():.8g}")
+        raise fail(f"{argname} must sum to 1 (within 1e-5), got {priors.double().sum().item():.8g}")
     return priors if like is None else priors.to(device=like.device, dtype=like.dtype)
 
 # %% ../nbs/11_logit_adjustment.ipynb #e1a0b001
@@ -187,14 +187,19 @@ class LogitAdjustedLoss(nn.Module):
 @public
 def posthoc_adjust(logits: torch.Tensor,  # (N, K, ...) or (K,) logits of a model trained on the imbalanced data
                    priors: torch.Tensor,  # the training class priors (K,): positive, summing to 1
-                   tau: float = 1.0,      # the adjustment's scale, >= 0 (1: the balanced Bayes rule)
+                   tau: float = 1.0,      # the adjustment's scale, >= 0 (1: the Bayes rule for a calibrated model)
+                   target_priors: torch.Tensor | None = None,  # test label distribution q (K,), positive, sum 1 (None: balanced)
                   ) -> torch.Tensor:
-    "logits - tau * log(priors) along the class dimension (dim 1, or 0 for a single example): argmax is the adjusted rule."
+    "logits - tau log(priors) + tau log(target_priors) along the class dimension: argmax is the rule for test labels ~ q."
     cdim = _check_logits(logits)
     tau = check_real(tau, 'tau', 0)
     priors = _check_priors(priors, logits.shape[cdim], like=logits)
+    if target_priors is not None:
+        target_priors = _check_priors(target_priors, logits.shape[cdim], like=logits, argname='target_priors')
     _refuse_nan(logits)                                       # +-inf logits are valid (probability 1 or 0); NaN is not
-    return logits if tau == 0 else logits - tau * _log_priors(priors, logits, cdim)
+    if tau == 0: return logits
+    if target_priors is None: return logits - tau * _log_priors(priors, logits, cdim)
+    return logits - tau * (_log_priors(priors, logits, cdim) - _log_priors(target_priors, logits, cdim))
 
 # %% ../nbs/11_logit_adjustment.ipynb #f8265abf
 class PerClassError(NamedTuple):

@@ -177,3 +177,76 @@ def test_narrow_targets_match_cross_entropy_with_int64(dtype):
     ref = F.cross_entropy(X + 0.3 * P4.log(), T)
     assert torch.allclose(logit_adjusted_loss(X, T.to(dtype), P4, tau=0.3), ref, rtol=1e-12)
     assert torch.allclose(LogitAdjustedLoss(P4, tau=0.3)(X, T.to(dtype)), ref, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# posthoc_adjust with a target label distribution (issue 18)
+# ------------------------------------------------------------------------------------------------------------------
+def _random_distribution(k, g):
+    p = torch.rand(k, generator=g, dtype=torch.float64) + 0.05
+    return p / p.sum()
+
+
+@pytest.mark.parametrize('seed', range(5))
+@pytest.mark.parametrize('tau', [0.0, 0.5, 1.0, 2.3])
+def test_posthoc_target_priors_is_the_formula(seed, tau):
+    "f - tau log pi + tau log q, computed entry by entry with math.log (no tensor broadcasting), for (N, K) and (N, K, d)."
+    g = torch.Generator().manual_seed(seed)
+    k = 2 + seed
+    pi, q = _random_distribution(k, g), _random_distribution(k, g)
+    logits = torch.randn(7, k, 3, generator=g, dtype=torch.float64)
+    ref = logits.clone()
+    for n in range(7):
+        for y in range(k):
+            for j in range(3):
+                ref[n, y, j] = logits[n, y, j].item() - tau * math.log(pi[y].item()) + tau * math.log(q[y].item())
+    assert torch.allclose(posthoc_adjust(logits, pi, tau, target_priors=q), ref, rtol=0, atol=1e-13)
+    assert torch.allclose(posthoc_adjust(logits[..., 0], pi, tau, target_priors=q), ref[..., 0], rtol=0, atol=1e-13)
+    assert torch.allclose(posthoc_adjust(logits[0, :, 0], pi, tau, target_priors=q), ref[0, :, 0], rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize('tau', [0.0, 0.7, 1.0, 3.0])
+def test_uniform_target_priors_is_the_balanced_rule(tau):
+    "q uniform adds the constant -tau log K: the same argmax and softmax as target_priors=None, values shifted by tau log K."
+    g = torch.Generator().manual_seed(1)
+    pi = _random_distribution(6, g)
+    logits = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    balanced = posthoc_adjust(logits, pi, tau)
+    uniform = posthoc_adjust(logits, pi, tau, target_priors=torch.full((6,), 1 / 6, dtype=torch.float64))
+    assert torch.allclose(uniform, balanced - tau * math.log(6), rtol=0, atol=1e-13)
+    assert torch.equal(uniform.argmax(1), balanced.argmax(1))
+    assert torch.allclose(uniform.softmax(1), balanced.softmax(1), rtol=1e-12, atol=1e-15)
+
+
+def test_target_equal_to_train_priors_leaves_the_logits():
+    "q = pi: the test distribution is the training one, and the plain argmax is already Bayes (nothing to adjust)."
+    g = torch.Generator().manual_seed(2)
+    pi = _random_distribution(5, g)
+    logits = torch.randn(20, 5, generator=g, dtype=torch.float64)
+    assert torch.allclose(posthoc_adjust(logits, pi, 1.3, target_priors=pi), logits, rtol=0, atol=1e-14)
+
+
+def test_target_priors_rule_minimises_the_error_under_q():
+    """Exact 1-D posterior, label shift to q: the adjusted rule's q-weighted error (per-class errors by quadrature) is the
+    smallest among the rules argmax f - log pi + log q' for q' on a grid, and equals the closed form's (thresholds)."""
+    pi = torch.tensor([0.9, 0.09, 0.01], dtype=torch.float64)
+    mu = torch.tensor([-2.0, 0.0, 2.0], dtype=torch.float64)
+    q = torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64)
+    h = 1e-3
+    x = torch.arange(-9, 9, h, dtype=torch.float64) + h / 2
+    dens = torch.exp(-0.5 * (x[:, None] - mu) ** 2) / math.sqrt(2 * math.pi) * h   # p(x|y) dx per cell
+    log_post = pi.log() - 0.5 * (x[:, None] - mu) ** 2
+    def q_error(pred):
+        correct = dens.gather(1, pred[:, None])[:, 0]
+        per_class = 1 - torch.stack([correct[pred == k].sum() for k in range(3)])
+        return (q * per_class).sum().item()
+    best = q_error(posthoc_adjust(log_post, pi, target_priors=q).argmax(1))
+    Phi = lambda z: 0.5 * math.erfc(-z / math.sqrt(2))
+    t1, t2 = -1 + 0.5 * math.log(0.1 / 0.3), 1 + 0.5 * math.log(0.3 / 0.6)
+    closed = 0.1 * Phi(-(t1 + 2)) + 0.3 * (Phi(t1) + Phi(-t2)) + 0.6 * Phi(t2 - 2)
+    assert abs(best - closed) < 1e-5
+    g = torch.Generator().manual_seed(3)
+    for _ in range(30):
+        other = _random_distribution(3, g)
+        assert q_error(posthoc_adjust(log_post, pi, target_priors=other).argmax(1)) >= best - 1e-12
+    assert q_error(posthoc_adjust(log_post, pi).argmax(1)) > best + 0.01          # the balanced rule loses under q
