@@ -19,6 +19,7 @@ import json
 import re
 import threading
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from browser_support import chromium_path_or_skip, launch
@@ -175,13 +176,13 @@ def test_links_and_anchors_resolve(browser, site):
         for href, inner in links:
             code = re.fullmatch(r'<code>(\w+)</code>', inner)
             if code and href.startswith('file://') and '#' in href:
-                target, anchor = href[len('file://'):].split('#', 1)
+                target, anchor = map(unquote, href[len('file://'):].split('#', 1))
                 want = entry_ids(Path(target)).get(code.group(1)) if Path(target).suffix == '.html' else None
                 if want:
                     api_links += 1
                     if anchor != want: bad.append(f'{name}: {href} should be #{want}')
             if not href.startswith('file://'): continue
-            path, _, anchor = href[len('file://'):].partition('#')
+            path, _, anchor = map(unquote, href[len('file://'):].partition('#'))
             target = Path(path)
             seen += 1
             if not target.is_file() or site not in target.resolve().parents and target.resolve() != site:
