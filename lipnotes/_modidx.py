@@ -326,6 +326,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'lipnotes.sharpness._hessian_vector_product': ( 'sharpness.html#_hessian_vector_product',
                                                                                     'lipnotes/sharpness.py'),
                                     'lipnotes.sharpness._named': ('sharpness.html#_named', 'lipnotes/sharpness.py'),
+                                    'lipnotes.sharpness._norms': ('sharpness.html#_norms', 'lipnotes/sharpness.py'),
                                     'lipnotes.sharpness._perturb': ('sharpness.html#_perturb', 'lipnotes/sharpness.py'),
                                     'lipnotes.sharpness._restore': ('sharpness.html#_restore', 'lipnotes/sharpness.py'),
                                     'lipnotes.sharpness._second_step': ('sharpness.html#_second_step', 'lipnotes/sharpness.py'),

@@ -183,13 +183,17 @@ def _check_step(opt, closure):
     check_callable(closure, 'closure')
 
 # %% ../nbs/09_sharpness.ipynb #b1e7c0a8
+def _norms(ts):
+    "Each tensor's 2-norm, accumulated in float32 at least: a float16 gradient's norm would overflow at 65504."
+    return torch._foreach_norm(ts, 2, dtype=torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32)
+
 def _gradient_norm(opt):
     "[(group, its params that have a gradient)] and the norm of g over all of them (|theta| g where the group is adaptive)."
     groups = [(g, [p for p in g['params'] if p.grad is not None]) for g in opt.param_groups]
     groups = [(g, ps) for g, ps in groups if ps]
     if not groups: raise fail("no parameter has a gradient; call loss.backward() first (inside the closure for step)")
     device = groups[0][1][0].device
-    norm = torch.linalg.vector_norm(torch.stack([n.to(device) for g, ps in groups for n in torch._foreach_norm(
+    norm = torch.linalg.vector_norm(torch.stack([n.to(device) for g, ps in groups for n in _norms(
         [p.grad * p.abs() for p in ps] if g['adaptive'] else [p.grad for p in ps])]))
     if not norm.is_meta and not math.isfinite(norm.item()):          # one sync, as a hand-written SAM has
         raise fail("the gradient at theta is NaN or Inf: the loss (the closure's, in step) or its backward is not finite; "
@@ -298,8 +302,12 @@ def _second_step(self, zero_grad: bool = False, # clear .grad after the base opt
     probe = self.__dict__.pop('_probe', None)
     if probe is None: raise fail("needs first_step before it (and the gradient at theta + e between them)", RuntimeError)
     grads = [p.grad for ps, *_ in probe[0] for p in ps if p.grad is not None]
-    finite = skip or not grads or grads[0].is_meta or math.isfinite(torch.linalg.vector_norm(torch.stack(   # one sync
-        [n.to(grads[0].device) for n in torch._foreach_norm(grads)])).item())
+    if not (grads or skip):
+        _restore(probe, undo=True)
+        raise fail("no gradient at theta + e: call backward between first_step and second_step (theta is restored)",
+                   RuntimeError)
+    finite = skip or grads[0].is_meta or math.isfinite(torch.linalg.vector_norm(torch.stack(   # one sync
+        [n.to(grads[0].device) for n in _norms(grads)])).item())
     _restore(probe, undo=not finite)
     if not finite: raise fail("the gradient at theta + e is NaN or Inf; theta and g(theta) are restored, no step")
     if not skip:

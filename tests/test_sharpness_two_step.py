@@ -148,6 +148,30 @@ def test_non_finite_gradients_are_refused_with_theta_and_g_theta_kept(kind, reje
     assert not torch.equal(flat(m), theta)
 
 
+@pytest.mark.parametrize('kind', ['SAM', 'GNP'])
+def test_a_missing_backward_at_the_probe_is_refused_with_theta_and_g_theta_kept(kind, rejects):
+    "first_step(zero_grad=True), no backward, second_step: refused (no step on a zero or partial gradient), theta back."
+    m = make_model(); x, y = batch(); opt = make_opt(kind, m.parameters()); name = type(opt).__name__
+    theta = flat(m); grads(m, x, y); g_theta = [p.grad.clone() for p in m.parameters()]
+    opt.first_step(zero_grad=True)
+    rejects(lambda: opt.second_step(), RuntimeError, f'{name}.second_step', 'no gradient at theta + e')
+    assert torch.equal(flat(m), theta) and not opt.state
+    assert all(torch.equal(p.grad, g) for p, g in zip(m.parameters(), g_theta))
+
+
+def test_half_precision_gradients_whose_norm_exceeds_float16_are_accepted():
+    "||g|| of a float16 model is accumulated in float32: 1001 entries of 3000 have norm 94,900 > 65,504 (float16's max)."
+    m = nn.Linear(1000, 1).half(); opt = SAM(m.parameters(), torch.optim.SGD, rho=0.05, lr=1e-6)
+    theta = [p.detach().clone() for p in m.parameters()]
+    for p in m.parameters(): p.grad = torch.full_like(p, 3000.0)
+    opt.first_step(zero_grad=True)
+    e = torch.cat([(p.detach() - t).float().flatten() for p, t in zip(m.parameters(), theta)])
+    assert abs(torch.linalg.vector_norm(e).item() - 0.05) < 1e-3                  # the probe has radius rho
+    for p in m.parameters(): p.grad = torch.full_like(p, 3000.0)
+    opt.second_step()
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
 def test_second_step_skip_returns_to_theta_without_a_step():
     m = make_model(); x, y = batch(); opt = make_opt('SAM', m.parameters()); theta = flat(m)
     grads(m, x, y); opt.first_step(zero_grad=True); grads(m, x, y, scale=float('inf'))
