@@ -9,16 +9,10 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from bench_sharpness import setup          # the same model and batch as the step(closure) benchmark
 from timing import best_of, machine
 from lipnotes.sharpness import SAM
-
-
-def setup():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-    return model, torch.randn(128, 64), torch.randint(0, 10, (128,))
 
 
 def per_step(repeats, n=20):

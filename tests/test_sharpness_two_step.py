@@ -5,7 +5,6 @@ step(closure); misuse is refused; the GradScaler recipe of the chapter (one scal
 step); and under DistributedDataParallel (two gloo processes) with and without `no_sync` around the first pass.
 """
 import os
-import socket
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lipnotes.sharpness import SAM, GradientNormPenalty
+from test_spectral_ddp import free_port
 
 BATCH, MICRO, STEPS, LR, MOMENTUM = 32, 4, 4, 0.1, 0.9
 KINDS = {'SAM': dict(r=0.05, alpha=1.0), 'ASAM': dict(r=0.5, alpha=1.0, adaptive=True), 'GNP': dict(r=0.05, alpha=0.7)}
@@ -261,11 +261,6 @@ def _worker(rank, world, port, out):
         torch.save(results, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
