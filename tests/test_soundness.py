@@ -36,6 +36,7 @@ from torch import nn
 import lipnotes.certificates
 import lipnotes.norms
 import lipnotes.tight
+from lipnotes.lipschitz import GroupSort
 
 # Rounding tolerance, and nothing else: every bound and every attained value is computed in float64 (eps 1.1e-16). A bound
 # is a product of at most ~10 per-layer constants, each from an SVD/FFT/closed form with relative error ~1e-13; an attained
@@ -161,7 +162,9 @@ ACTIVATIONS = (
     + [(f"Softshrink({l})", lambda r, c, l=l: nn.Softshrink(l), False) for l in (0.0, 0.5, 2.0)]
     + [("Hardshrink(0.5)", lambda r, c: nn.Hardshrink(0.5), False),
        ("Threshold(0.1, -1)", lambda r, c: nn.Threshold(0.1, -1.0), False)]
-    + [(f"{m.__name__}(dim={d})", lambda r, c, m=m, d=d: m(dim=d), False) for m in (nn.Softmax, nn.LogSoftmax) for d in (1, -1)])
+    + [(f"{m.__name__}(dim={d})", lambda r, c, m=m, d=d: m(dim=d), False) for m in (nn.Softmax, nn.LogSoftmax) for d in (1, -1)]
+    # not elementwise: groups of 2 where the width is even, else one group of the whole width
+    + [("GroupSort(2 or width)", lambda r, c: GroupSort(2 if c % 2 == 0 else c), False)])
 
 
 def random_activation(r, channels):
@@ -590,7 +593,7 @@ def test_frobenius_bound_sound_slow(seeds): _check_many(check_frobenius, seeds)
 def test_certify_sound_slow(seeds): _check_many(check_certify, seeds[::4])
 
 
-SCALAR_ACTIVATIONS = [a for a in ACTIVATIONS if 'Softmax' not in a[0]]
+SCALAR_ACTIVATIONS = [a for a in ACTIVATIONS if 'Softmax' not in a[0] and 'GroupSort' not in a[0]]
 
 
 @pytest.mark.parametrize("name, make, trains", SCALAR_ACTIVATIONS, ids=[a[0] for a in SCALAR_ACTIVATIONS])
